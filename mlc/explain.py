@@ -1,0 +1,95 @@
+"""Explanations: CAM, Grad-CAM, SSGRL attention, flip consistency, and overlays on the image.
+
+CAM is defined here once and reused by the models (``explain=True``) and by the G-CAM loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def class_activation_maps(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """CAM (Zhou et al. 2016): Q_c = sum_k W[c, k] F_k for every class at once -> (B, C, h, w).
+
+    For average pooling, mean_hw Q_c + b_c equals the logit of class c.
+    """
+    return torch.einsum("ck,bkhw->bchw", weights, features)
+
+
+def grad_cam(model, features: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017) for every class: ReLU(sum_k alpha_ck F_k), alpha = mean_hw dy_c/dF_k.
+
+    Only the head is differentiated (features are given), so C classes cost C small backward passes.
+    """
+    features = features.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model.forward_head(features).logits
+        maps = []
+        for c in range(logits.shape[1]):
+            (grad,) = torch.autograd.grad(logits[:, c].sum(), features, retain_graph=c < logits.shape[1] - 1)
+            alpha = grad.mean(dim=(2, 3))  # (B, N)
+            maps.append(F.relu(torch.einsum("bk,bkhw->bhw", alpha, features)))
+    return torch.stack(maps, dim=1).detach()
+
+
+def explanation_maps(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(logits, per-class maps (B, C, h, w), kind): CAM where it exists, SSGRL attention, else Grad-CAM."""
+    with torch.no_grad():
+        out = model.explain(images)
+    if out.cams is not None:
+        return out.logits, out.cams, "CAM"
+    if out.attention is not None:
+        return out.logits, out.attention, "attention"
+    return out.logits, grad_cam(model, out.features), "Grad-CAM"
+
+
+@dataclass
+class FlipConsistency:
+    """Maps of the image and of its mirror image flipped back, for every class (B, C, h, w)."""
+
+    maps: torch.Tensor
+    flipped_back: torch.Tensor
+    kind: str
+
+    @property
+    def difference(self) -> torch.Tensor:
+        return self.maps - self.flipped_back
+
+    @property
+    def squared_error(self) -> torch.Tensor:
+        """G-CAM's L_A per image and class (mean over positions) -> (B, C)."""
+        return self.difference.pow(2).mean(dim=(2, 3))
+
+    @property
+    def score(self) -> torch.Tensor:
+        """Cosine similarity of the two maps per image and class, in [-1, 1]; 1 = perfectly consistent."""
+        a, b = self.maps.flatten(2), self.flipped_back.flatten(2)
+        return F.cosine_similarity(a, b, dim=-1, eps=1e-12)
+
+
+def flip_consistency(model, images: torch.Tensor) -> FlipConsistency:
+    """CAM(I) against flip(CAM(flip(I))) (or the model's attention / Grad-CAM maps)."""
+    _, maps, kind = explanation_maps(model, images)
+    _, flipped, _ = explanation_maps(model, images.flip(-1))
+    return FlipConsistency(maps=maps, flipped_back=flipped.flip(-1), kind=kind)
+
+
+def normalize_map(cam: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1]; a constant map becomes zeros (not a division by zero)."""
+    cam = np.asarray(cam, dtype=np.float32)
+    lo, hi = float(cam.min()), float(cam.max())
+    return np.zeros_like(cam) if hi - lo < 1e-12 else (cam - lo) / (hi - lo)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, normalize: bool = True) -> np.ndarray:
+    """Blend a (h, w) map, upsampled to the image, over an RGB uint8 image with the JET colormap."""
+    import cv2
+
+    height, width = image.shape[:2]
+    heat = normalize_map(cam) if normalize else np.clip(cam, 0.0, 1.0)
+    heat = cv2.resize(heat, (width, height), interpolation=cv2.INTER_LINEAR)
+    colored = cv2.applyColorMap(np.uint8(255 * heat), cv2.COLORMAP_JET)[:, :, ::-1]
+    return np.uint8(np.clip((1 - alpha) * image.astype(np.float32) + alpha * colored, 0, 255))

@@ -1,0 +1,69 @@
+"""Losses: multi-label BCE and G-CAM's attention consistency (flip and scale)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mlc.explain import class_activation_maps
+
+
+def multilabel_bce(logits: torch.Tensor, targets: torch.Tensor, difficult_as_positive: bool = True) -> torch.Tensor:
+    """BCE over (B, C); targets in {1, 0, -1}: -1 (VOC difficult) counts as positive, or is ignored."""
+    if difficult_as_positive:
+        return F.binary_cross_entropy_with_logits(logits, (targets != 0).to(logits.dtype))
+    mask = (targets >= 0).to(logits.dtype)
+    loss = F.binary_cross_entropy_with_logits(logits, targets.clamp(min=0).to(logits.dtype), reduction="none")
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+
+def flip_maps(maps: torch.Tensor) -> torch.Tensor:
+    return maps.flip(-1)
+
+
+def attention_consistency_loss(maps: torch.Tensor, maps_of_transformed: torch.Tensor, transform: str = "flip") -> torch.Tensor:
+    """L_A = mean over classes and positions of (T(Q(I)) - Q(T(I)))^2.
+
+    ``maps`` are CAMs of the image, ``maps_of_transformed`` CAMs of the transformed image;
+    ``transform`` is "flip" (mirror the maps) or "scale" (resize the maps to the other's size).
+    """
+    if transform == "flip":
+        mapped = flip_maps(maps)
+    elif transform == "scale":
+        mapped = F.interpolate(maps, size=maps_of_transformed.shape[-2:], mode="bilinear", align_corners=False)
+    else:
+        raise ValueError(f"transform must be 'flip' or 'scale', got {transform!r}")
+    return (mapped - maps_of_transformed).pow(2).mean()
+
+
+@dataclass
+class GCAMLoss:
+    """(1 - lambda) BCE + lambda L_A, L_A averaged over the flip and scale branches present."""
+
+    weight: float = 0.4
+    difficult_as_positive: bool = True
+
+    def __call__(
+        self,
+        model,
+        features: torch.Tensor,
+        targets: torch.Tensor,
+        flipped_features: torch.Tensor | None = None,
+        scaled_features: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Returns (loss, logits of the untransformed branch, parts for logging)."""
+        weights, bias = model.classifier()
+        logits = model.pool(features) @ weights.t() + bias
+        bce = multilabel_bce(logits, targets, self.difficult_as_positive)
+        cams = class_activation_maps(features, weights)
+        terms = []
+        if flipped_features is not None:
+            terms.append(attention_consistency_loss(cams, class_activation_maps(flipped_features, weights), "flip"))
+        if scaled_features is not None:
+            terms.append(attention_consistency_loss(cams, class_activation_maps(scaled_features, weights), "scale"))
+        if not terms:
+            return bce, logits, {"bce": bce.item()}
+        consistency = torch.stack(terms).mean()
+        loss = (1 - self.weight) * bce + self.weight * consistency
+        return loss, logits, {"bce": bce.item(), "consistency": consistency.item()}

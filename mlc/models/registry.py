@@ -1,0 +1,36 @@
+"""Model registry: ``create_model(name, ...)`` builds any registered variant by name (as in timm)."""
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+_MODELS: dict[str, type] = {}
+T = TypeVar("T", bound=type)
+
+
+def register_model(name: str) -> Callable[[T], T]:
+    """Class decorator: make a model buildable as ``create_model(name, ...)``."""
+
+    def wrap(cls: T) -> T:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        cls.model_name = name
+        _MODELS[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return list(_MODELS)
+
+
+def get_model_class(name: str) -> type:
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(_MODELS)}") from None
+
+
+def create_model(name: str, **kwargs: Any):
+    """Build a registered model; kwargs go to its constructor (classes, backbone, label_stats, ...)."""
+    return get_model_class(name)(**kwargs)

@@ -1,0 +1,75 @@
+"""CAM, Grad-CAM, flip consistency and overlays."""
+import numpy as np
+import torch
+
+from conftest import tiny_model
+from mlc.explain import class_activation_maps, explanation_maps, flip_consistency, grad_cam, normalize_map, overlay
+
+
+def test_cam_of_gap_linear_model_averages_to_its_logit(tiny_setup):
+    torch.manual_seed(0)
+    model = tiny_model("baseline", tiny_setup, pooling="avg").eval()
+    images = torch.randn(3, 3, 96, 96)
+    out = model.explain(images)
+    weight, bias = model.classifier()
+    torch.testing.assert_close(out.cams.mean(dim=(2, 3)) + bias, out.logits)
+    torch.testing.assert_close(out.cams, class_activation_maps(out.features, weight))
+
+
+def test_mlgcn_cam_averages_to_its_logit(tiny_setup):
+    model = tiny_model("mlgcn", tiny_setup, pooling="avg").eval()
+    out = model.explain(torch.randn(2, 3, 64, 64))
+    torch.testing.assert_close(out.cams.mean(dim=(2, 3)) + model.bias, out.logits)
+
+
+def test_grad_cam_of_linear_head_is_relu_of_cam_scaled():
+    # For a GAP + linear head, alpha_ck = W[c, k] / (h w): Grad-CAM = ReLU(CAM) / (h w).
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward_head(self, f):
+            from mlc.models.base import ModelOutput
+
+            return ModelOutput(logits=self.fc(f.mean(dim=(2, 3))))
+
+    torch.manual_seed(0)
+    head, features = Head(), torch.randn(2, 4, 3, 5)
+    expected = torch.relu(class_activation_maps(features, head.fc.weight)) / 15
+    torch.testing.assert_close(grad_cam(head, features), expected)
+
+
+def test_explanation_kinds_per_variant(tiny_setup):
+    images = torch.randn(1, 3, 64, 64)
+    kinds = {}
+    for name in ["baseline", "ggnn", "ssgrl", "mlgcn", "gcam"]:
+        logits, maps, kind = explanation_maps(tiny_model(name, tiny_setup).eval(), images)
+        assert logits.shape == (1, 5) and maps.shape == (1, 5, 2, 2)
+        kinds[name] = kind
+    assert kinds == {"baseline": "CAM", "ggnn": "Grad-CAM", "ssgrl": "attention", "mlgcn": "CAM", "gcam": "CAM"}
+
+
+def test_flip_consistency_is_perfect_for_a_flip_invariant_model(tiny_setup):
+    model = tiny_model("baseline", tiny_setup).eval()
+    model.backbone = torch.nn.Identity()  # features = the image itself: exactly flip-equivariant
+    model.fc = torch.nn.Linear(3, 5)
+    fc = flip_consistency(model, torch.randn(2, 3, 4, 6))
+    assert fc.kind == "CAM"
+    torch.testing.assert_close(fc.maps, fc.flipped_back)
+    torch.testing.assert_close(fc.score, torch.ones(2, 5))
+    assert fc.squared_error.abs().max() < 1e-10
+
+
+def test_flip_consistency_of_a_random_cnn_is_imperfect(tiny_setup):
+    torch.manual_seed(0)
+    fc = flip_consistency(tiny_model("mlgcn", tiny_setup).eval(), torch.randn(1, 3, 128, 128))
+    assert fc.squared_error.min() > 0 and (fc.score < 1 - 1e-6).all()
+
+
+def test_overlay_shape_dtype_and_constant_map():
+    image = np.full((40, 60, 3), 100, np.uint8)
+    out = overlay(image, np.random.rand(5, 7))
+    assert out.shape == (40, 60, 3) and out.dtype == np.uint8
+    assert not np.isnan(normalize_map(np.ones((3, 3)))).any()
+    np.testing.assert_array_equal(normalize_map(np.ones((3, 3))), 0)

@@ -1,0 +1,53 @@
+"""G-CAM attention consistency and the BCE variants."""
+import torch
+
+from conftest import tiny_model
+from mlc.losses import GCAMLoss, attention_consistency_loss, multilabel_bce
+
+
+def test_consistency_zero_for_a_flip_equivariant_pair_positive_otherwise():
+    maps = torch.randn(2, 4, 5, 6)
+    assert attention_consistency_loss(maps, maps.flip(-1), "flip") == 0
+    assert attention_consistency_loss(maps, maps, "flip") > 0
+    expected = ((maps.flip(-1) - maps) ** 2).mean()
+    torch.testing.assert_close(attention_consistency_loss(maps, maps, "flip"), expected)
+
+
+def test_scale_consistency_resizes_to_the_transformed_maps():
+    maps = torch.ones(1, 2, 7, 7) * 3
+    assert attention_consistency_loss(maps, torch.ones(1, 2, 6, 6) * 3, "scale") < 1e-12
+    torch.testing.assert_close(attention_consistency_loss(maps, torch.ones(1, 2, 6, 6), "scale"), torch.tensor(4.0))
+
+
+def test_gcam_loss_combines_bce_and_consistency_with_gradients_to_backbone(tiny_setup):
+    torch.manual_seed(0)
+    model = tiny_model("gcam", tiny_setup)
+    images = torch.randn(2, 3, 64, 64)
+    targets = torch.tensor([[1, 0, 0, 1, 0], [0, 1, -1, 0, 0]], dtype=torch.float32)
+    features = model.forward_features(images)
+    flipped = model.forward_features(images.flip(-1))
+    scaled = model.forward_features(torch.nn.functional.interpolate(images, size=(48, 48)))
+    loss_fn = GCAMLoss(weight=0.4)
+    loss, logits, parts = loss_fn(model, features, targets, flipped, scaled)
+    assert parts["consistency"] > 0
+    torch.testing.assert_close(loss, torch.tensor(0.6 * parts["bce"] + 0.4 * parts["consistency"]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits, model.forward_head(features).logits)
+    loss.backward()
+    grads = [p.grad for p in model.backbone.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_gcam_loss_zero_consistency_for_mirrored_features(tiny_setup):
+    model = tiny_model("gcam", tiny_setup)
+    features = torch.randn(2, 32, 3, 3)
+    loss, _, parts = GCAMLoss()(model, features, torch.zeros(2, 5), flipped_features=features.flip(-1))
+    assert parts["consistency"] < 1e-10
+
+
+def test_bce_difficult_handling():
+    logits = torch.tensor([[2.0, -1.0]])
+    targets = torch.tensor([[-1.0, 0.0]])
+    as_pos = multilabel_bce(logits, targets, difficult_as_positive=True)
+    torch.testing.assert_close(as_pos, torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([[1.0, 0.0]])))
+    ignored = multilabel_bce(logits, targets, difficult_as_positive=False)
+    torch.testing.assert_close(ignored, torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor(-1.0), torch.tensor(0.0)))
