@@ -1,0 +1,164 @@
+"""End-to-end training on a generated VOC-format dataset: run folder, eval.json, report, dry-run Hub
+folder, load-back equality, exact resume, and DDP (gloo, 2 processes) against 1 process."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import VARIANTS
+from fixtures import make_voc
+from mlc.models import load_model
+from train.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_args(root: Path, out: Path, group: str, **overrides) -> list[str]:
+    values = {
+        "data-root": root, "backbone": "tiny", "pretrained": "false", "image-size": 64, "batch-size": 6,
+        "eval-batch-size": 16, "stage1-epochs": 1, "stage2-epochs": 1, "embeddings": "onehot",
+        "num-workers": 0, "output-dir": out, "group": group, "selection-fraction": 0.25,
+        "stage1-augment": "false", "channels-last": "false",
+    }
+    values.update({k.replace("_", "-"): v for k, v in overrides.items()})
+    args: list[str] = []
+    for key, value in values.items():
+        args += [f"--{key}", str(value)]
+    return args
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory) -> Path:
+    return make_voc(tmp_path_factory.mktemp("voc"), n_train=24, n_val=8, image_size=64)
+
+
+@pytest.fixture(scope="module")
+def trained_group(voc_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["all", *tiny_args(voc_root, out, "e2e"), "--dry-run", "true"]) == 0
+    return out / "e2e"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_run_folder_contents(trained_group, variant):
+    run = trained_group / variant
+    for name in ["config.yaml", "split.json", "metrics.csv", "metrics.json", "checkpoint.pt", "eval.json",
+                 "model/config.json", "model/model.safetensors", "model/eval.json"]:
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["variant"] == variant and config["backbone"] == "tiny" and config["stage1_epochs"] == 1
+    rows = json.loads((run / "metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2] and [r["stage"] for r in rows] == [1, 2]
+    split = json.loads((run / "split.json").read_text())
+    assert split["train"] + split["selection"] == 24 and split["eval"] == 8 and len(split["selection_ids"]) == 6
+    result = json.loads((run / "eval.json").read_text())
+    metrics = result["metrics"]
+    assert result["split"] == "val" and result["num_images"] == 8 and result["selected_epoch"] in (1, 2)
+    assert len(metrics["ap"]) == 20 and 0 <= metrics["map"] <= 1 and 0 <= metrics["map_voc"] <= 1
+    assert set(metrics["classes_without_positives"]) == set(metrics["classes"][5:])  # fixture uses 5 classes
+
+
+def test_report_compares_every_variant(trained_group):
+    report = (trained_group / "report.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| class |"))
+    assert all(v in header for v in VARIANTS)
+    assert "| aeroplane |" in report and "mAP" in report
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_dry_run_hub_folder_and_load_back_equality(trained_group, variant):
+    upload = trained_group / "hub_upload" / variant
+    assert {"config.json", "model.safetensors", "README.md", "eval.json"} <= {p.name for p in upload.iterdir()}
+    card = (upload / "README.md").read_text()
+    assert "load_model" in card and variant in card
+    shipped, saved = load_model(upload), load_model(trained_group / variant / "model")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(shipped(x), saved(x), rtol=0, atol=0)
+
+
+def test_evaluate_command_reproduces_eval_json(trained_group, voc_root, tmp_path):
+    out = tmp_path / "eval.json"
+    run = trained_group / "mlgcn"
+    assert main(["evaluate", "--model", str(run / "model"), "--data-root", str(voc_root), "--split", "val",
+                 "--num-workers", "0", "--output", str(out)]) == 0
+    expected = json.loads((run / "eval.json").read_text())["metrics"]
+    got = json.loads(out.read_text())["metrics"]
+    assert got["map"] == pytest.approx(expected["map"], abs=1e-9)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+
+
+@pytest.mark.parametrize("variant", ["mlgcn", "gcam"])
+def test_resume_after_a_kill_matches_an_uninterrupted_run(voc_root, tmp_path, monkeypatch, variant):
+    from train.engine import Trainer
+
+    args = ["fit", "--variant", variant, *tiny_args(voc_root, tmp_path, "resume", stage1_epochs=2, stage2_epochs=1)]
+    assert main(args + ["--group", "straight"]) == 0
+
+    original = Trainer.train_epoch
+
+    def killed_in_epoch_2(self, stage, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt("killed")
+        return original(self, stage, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        main(args + ["--group", "killed"])
+    assert json.loads((tmp_path / "killed" / variant / "metrics.json").read_text())[-1]["epoch"] == 1
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    assert main(args + ["--group", "killed", "--resume"]) == 0
+
+    straight, resumed = _weights(tmp_path / "straight" / variant), _weights(tmp_path / "killed" / variant)
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    rows = json.loads((tmp_path / "killed" / variant / "metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_ddp_two_processes_match_one_process(voc_root, tmp_path):
+    # Stage 1 only: frozen BatchNorm makes the 2 x 3-image shards exactly the 6-image batch.
+    common = ["fit", "--variant", "mlgcn", *tiny_args(voc_root, tmp_path, "g", stage1_epochs=2, stage2_epochs=0)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "train", *common, "--group", "one"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+                          "-m", "train", *common, "--group", "two"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "mlgcn" / "eval.json").read_text())["metrics"]
+    two = json.loads((tmp_path / "two" / "mlgcn" / "eval.json").read_text())["metrics"]
+    for key in ("map", "map_voc", "cf1", "of1"):
+        assert two[key] == pytest.approx(one[key], abs=1e-6), key
+    np.testing.assert_allclose(
+        np.array(two["ap"], dtype=float), np.array(one["ap"], dtype=float), atol=1e-6
+    )
+
+
+def test_config_yaml_defaults_and_cli_override(tmp_path):
+    from train.cli import config_for
+
+    config, resume = config_for(["--dataset", "voc2007", "--variant", "mlgcn", "--stage1-epochs", "4",
+                                 "--model-param", "tau=0.3"])
+    assert config.stage1_epochs == 4 and config.model_params["tau"] == 0.3 and config.model_params["p"] == 0.25
+    assert config.stage2_epochs == 5 and config.pooling == "avg" and not resume
+    sgd, _ = config_for(["--config", str(ROOT / "train/configs/voc2007/gcam-sgd.yaml")])
+    assert sgd.optimizer == "sgd" and sgd.model_params["tau"] == 0.4 and sgd.model_params["consistency_weight"] == 0.4
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage1_epochs: [oops\n")
+    from train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        config_for(["--config", str(bad)])

@@ -1,0 +1,1 @@
+"""Training package: ``python -m train`` (see ``train/cli.py``)."""

@@ -1,0 +1,197 @@
+"""``python -m train``: fit one variant, all five, evaluate a saved model, push a run, write a report.
+
+  python -m train fit --variant mlgcn --dataset voc2007 --data-root data/voc2007
+  python -m train all --dataset voc2007 --data-root data/voc2007 [--push-to-hub user/repo [--dry-run]]
+  python -m train evaluate --model runs/default/mlgcn/model --dataset voc2007 --data-root ... --split val
+  python -m train push runs/default [--repo user/repo] [--dry-run]
+  python -m train report runs/default
+
+Values come from ``train/configs/<dataset>/<variant>.yaml`` (or ``--config FILE``); flags override.
+Launch with ``torchrun --nproc-per-node N -m train ...`` for several GPUs (DistributedDataParallel).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from train.config import (
+    VARIANTS, ConfigError, TrainConfig, add_config_arguments, config_path_for, load_yaml, resolve_config,
+)
+
+
+def _preparse(argv: list[str]) -> argparse.Namespace:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    pre.add_argument("--dataset", default="voc2007")
+    pre.add_argument("--variant", default="baseline")
+    return pre.parse_known_args(argv)[0]
+
+
+def config_for(argv: list[str], variant: str | None = None, prog: str = "python -m train fit") -> tuple[TrainConfig, bool]:
+    """Resolve YAML (base chain) -> argparse defaults -> flags, for one variant; also --resume."""
+    pre = _preparse(argv)
+    variant = variant or pre.variant
+    path = Path(pre.config) if pre.config else config_path_for(pre.dataset, variant)
+    values = load_yaml(path) if path.is_file() or pre.config else {}
+    if variant and "variant" not in values:
+        values["variant"] = variant
+    if not pre.config and not path.is_file():
+        print(f"note: no config file {path}; using the built-in defaults", file=sys.stderr)
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--config", help="YAML config (default: train/configs/<dataset>/<variant>.yaml)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in its folder from its last checkpoint")
+    add_config_arguments(parser, values)
+    args = parser.parse_args(argv)
+    if variant:
+        args.variant = variant
+    return resolve_config(args, values), args.resume
+
+
+def fit(config: TrainConfig, resume: bool = False) -> dict:
+    from train.distributed import cleanup_distributed, init_distributed
+    from train.engine import Trainer
+
+    env = init_distributed(config.device)
+    try:
+        result = Trainer(config, env).fit(resume=resume)
+    finally:
+        cleanup_distributed()
+    if env.is_main:
+        m = result["metrics"]
+        print(f"{config.variant}: {config.eval_split} mAP {100 * m['map']:.2f} (VOC {100 * m['map_voc']:.2f}) "
+              f"CF1 {100 * m['cf1']:.2f} OF1 {100 * m['of1']:.2f}  [{result['train_seconds'] / 60:.1f} min] -> {config.run_dir}")
+    return result
+
+
+def cmd_fit(argv: list[str]) -> int:
+    fit(*config_for(argv))
+    return 0
+
+
+def cmd_all(argv: list[str]) -> int:
+    from train.report import write_report
+
+    resolved = [config_for(argv, variant, prog="python -m train all") for variant in VARIANTS]
+    for config, resume in resolved:
+        fit(config, resume)
+    configs = [config for config, _ in resolved]
+    group_dir = configs[0].run_dir.parent
+    report = write_report(group_dir)
+    print(f"report: {report}")
+    first = configs[0]
+    if first.push_to_hub or first.dry_run:
+        return publish(group_dir, first.push_to_hub, first.dry_run, first.hub_private)
+    return 0
+
+
+def publish(path: Path, repo: str | None, dry_run: bool, private: bool = False) -> int:
+    """Push every variant of a run group (or one run) to the Hub, or write the upload to a folder."""
+    from mlc.hub import HubError, prepare_upload, push_folder
+
+    path = Path(path)
+    runs = [path] if (path / "model").is_dir() else sorted(p for p in path.iterdir() if (p / "model").is_dir())
+    if not runs:
+        print(f"error: {path} holds no trained run (no model/ folder)", file=sys.stderr)
+        return 2
+    staging_root = (runs[0].parent if len(runs) > 1 or path != runs[0] else runs[0]) / "hub_upload"
+    for run in runs:
+        read = lambda name: json.loads((run / name).read_text()) if (run / name).is_file() else None  # noqa: E731
+        train_config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else None
+        split_info = read("split.json")
+        if split_info:
+            split_info.pop("selection_ids", None)
+        target = f"{repo}-{run.name}" if repo and len(runs) > 1 else repo
+        folder = prepare_upload(run / "model", staging_root / run.name, eval_result=read("eval.json"),
+                                train_config=train_config, split_info=split_info, repo_id=target)
+        if dry_run:
+            print(f"dry run: {run.name} -> {folder} (would upload to {target or '<no repo given>'})")
+            continue
+        if not repo:
+            print("error: give --repo user/name (or --push-to-hub) to push, or --dry-run", file=sys.stderr)
+            return 2
+        try:
+            url = push_folder(folder, target, private=private)
+        except HubError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 3
+        print(f"pushed {run.name} -> {url}")
+    return 0
+
+
+def cmd_push(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train push")
+    parser.add_argument("run", help="a run folder (runs/<group>/<variant>) or a group folder (all variants)")
+    parser.add_argument("--repo", help="Hub repo id user/name; with several variants each goes to <repo>-<variant>")
+    parser.add_argument("--dry-run", action="store_true", help="write what would be uploaded under <run>/hub_upload")
+    parser.add_argument("--private", action="store_true")
+    args = parser.parse_args(argv)
+    return publish(Path(args.run), args.repo, args.dry_run, args.private)
+
+
+def cmd_evaluate(argv: list[str]) -> int:
+    import torch
+
+    from mlc.data import build_dataset, build_transforms
+    from mlc.metrics import evaluate
+    from mlc.models import load_model
+    from train.distributed import pick_device
+
+    parser = argparse.ArgumentParser(prog="python -m train evaluate")
+    parser.add_argument("--model", required=True, help="saved model folder or Hub repo id")
+    parser.add_argument("--dataset", default="voc2007")
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=4)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--output", help="write the metrics JSON here")
+    args = parser.parse_args(argv)
+    device = pick_device(args.device)
+    model = load_model(args.model).to(device).eval()
+    norm = model.normalization
+    dataset = build_dataset(args.dataset, args.data_root, args.split)
+    if dataset.classes != model.classes:
+        print(f"error: the model's classes differ from those of {args.dataset}/{args.split}", file=sys.stderr)
+        return 2
+    dataset = dataset.with_transform(build_transforms(model.image_size, train=False, mean=norm.mean, std=norm.std))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers)
+    scores = []
+    with torch.inference_mode():
+        for images, _ in loader:
+            scores.append(model(images.to(device)).float().sigmoid().cpu())
+    report = evaluate(torch.cat(scores).numpy(), dataset.labels, classes=model.classes)
+    result = {"model": str(args.model), "model_name": model.model_name, "dataset": args.dataset, "split": args.split,
+              "num_images": len(dataset), "metrics": report.to_dict()}
+    print(f"{model.model_name} on {args.dataset}/{args.split}: mAP {100 * report.map:.2f} (VOC {100 * report.map_voc:.2f}) "
+          f"CF1 {100 * report.cf1:.2f} OF1 {100 * report.of1:.2f}")
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    from train.report import write_report
+
+    parser = argparse.ArgumentParser(prog="python -m train report")
+    parser.add_argument("group", help="runs/<group>")
+    print(write_report(Path(parser.parse_args(argv).group)))
+    return 0
+
+
+COMMANDS = {"fit": cmd_fit, "all": cmd_all, "evaluate": cmd_evaluate, "push": cmd_push, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__)
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

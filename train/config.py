@@ -1,0 +1,177 @@
+"""Training configuration: a dataclass whose defaults come from YAML files, overridden by flags.
+
+A YAML file may name a ``base:`` file (relative to itself); keys are merged base-first. Every
+dataclass field becomes a ``--flag`` whose default is the YAML value, so the command line always
+wins; the fully resolved config is written into every run folder.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+VARIANTS = ("baseline", "ggnn", "ssgrl", "mlgcn", "gcam")
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot be used; the message names the file or key."""
+
+
+@dataclass
+class TrainConfig:
+    # what
+    variant: str = "baseline"
+    dataset: str = "voc2007"  # voc2007 | voc2012 | coco2014 | coco2017 | csv
+    data_root: str = "data/voc2007"
+    train_split: str = "train"
+    eval_split: str = "val"  # reported; never used to choose anything
+    selection_fraction: float = 0.1  # carved, seeded, from the training split for model selection
+    seed: int = 0
+    difficult_as_positive: bool = True
+    # model
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    image_size: int = 224
+    pooling: str = "max"
+    embeddings: str = "glove50"  # glove50 | onehot | path to GloVe txt/npy
+    knowledge_graph: str | None = None  # Visual Genome relationships.json for ggnn (else co-occurrence)
+    model_params: dict[str, Any] = field(default_factory=dict)  # variant hyper-parameters (tau, p, ...)
+    # recipe: stage 1 trains the head on a frozen backbone, stage 2 everything [Viel]
+    optimizer: str = "adam"  # adam | sgd (G-CAM's recipe)
+    scheduler: str = "cosine"  # cosine | step
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    step_size: int = 30  # step scheduler: epochs between decays
+    step_gamma: float = 0.5
+    stage1_epochs: int = 3
+    stage1_lr: float = 1e-3
+    stage1_min_lr: float = 1e-4
+    stage2_epochs: int = 5
+    stage2_lr: float = 1e-4
+    stage2_min_lr: float = 1e-6
+    batch_size: int = 32  # global batch, split over processes
+    eval_batch_size: int = 64
+    augment: bool = True  # flip, rotation, brightness / contrast / gamma; no crops
+    stage1_augment: bool = True
+    cache_features: bool = True  # stage 1: compute frozen-backbone features once, when that is exact (no augmentation)
+    # speed
+    device: str = "auto"
+    num_workers: int = 4
+    amp: str = "bf16"  # bf16 | none (CUDA only)
+    channels_last: bool = True
+    compile: bool = False
+    # output
+    output_dir: str = "runs"
+    group: str = "default"
+    save_half: bool = False
+    push_to_hub: str | None = None
+    hub_private: bool = False
+    dry_run: bool = False
+
+    def validate(self) -> "TrainConfig":
+        checks = {
+            "variant": (self.variant in VARIANTS, f"one of {VARIANTS}"),
+            "optimizer": (self.optimizer in ("adam", "sgd"), "adam or sgd"),
+            "scheduler": (self.scheduler in ("cosine", "step"), "cosine or step"),
+            "amp": (self.amp in ("bf16", "none"), "bf16 or none"),
+            "pooling": (self.pooling in ("max", "avg"), "max or avg"),
+            "selection_fraction": (0.0 < self.selection_fraction < 1.0, "in (0, 1)"),
+            "batch_size": (self.batch_size > 0, "positive"),
+        }
+        for key, (ok, what) in checks.items():
+            if not ok:
+                raise ConfigError(f"config value {key}={getattr(self, key)!r} must be {what}")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.group / self.variant
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a config file and its ``base:`` chain, base first."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"config {path} includes itself through 'base:'")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return _merge(load_yaml(path.parent / base, _seen + (path,)), data)
+
+
+def config_path_for(dataset: str, variant: str) -> Path:
+    return CONFIG_DIR / dataset / f"{variant}.yaml"
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+def _optional(kind):
+    def parse(text: str):
+        return None if text.lower() in ("none", "null", "") else kind(text)
+
+    return parse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    """One ``--flag`` per TrainConfig field, default from the YAML values (else the dataclass)."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "model_params":
+            parser.add_argument(
+                "--model-param", action="append", default=[], metavar="KEY=VALUE",
+                help="variant hyper-parameter, YAML value (repeatable), e.g. tau=0.25",
+            )
+            continue
+        default = defaults.get(f.name, f.default)
+        kind = {"bool": _parse_bool, "int": int, "float": float, "str": str}.get(str(f.type).split(" |")[0], str)
+        if "None" in str(f.type):
+            kind = _optional(kind)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default, help=f"(default: {default})")
+
+
+def resolve_config(args: argparse.Namespace, yaml_values: dict[str, Any]) -> TrainConfig:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "model_params"}
+    params = dict(yaml_values.get("model_params") or {})
+    for item in getattr(args, "model_param", []):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--model-param expects KEY=VALUE, got {item!r}")
+        params[key.strip()] = yaml.safe_load(raw)
+    unknown = set(yaml_values) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ConfigError(f"unknown config keys: {sorted(unknown)}")
+    return TrainConfig(**values, model_params=params).validate()
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
