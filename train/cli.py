@@ -89,44 +89,50 @@ def cmd_all(argv: list[str]) -> int:
 
 
 def publish(path: Path, repo: str | None, dry_run: bool, private: bool = False) -> int:
-    """Push every variant of a run group (or one run) to the Hub, or write the upload to a folder."""
-    from mlc.hub import HubError, prepare_upload, push_folder
+    """Push a run (one repo) or every variant of a run group (one repo, a subfolder each) to the Hub.
+
+    What would be uploaded is always written first under ``hub_upload/``; ``dry_run`` stops there.
+    """
+    from mlc.hub import HubError, prepare_upload, push_folder, push_variants
 
     path = Path(path)
-    runs = [path] if (path / "model").is_dir() else sorted(p for p in path.iterdir() if (p / "model").is_dir())
+    single = (path / "model").is_dir()
+    runs = [path] if single else sorted(p for p in path.iterdir() if (p / "model").is_dir())
     if not runs:
         print(f"error: {path} holds no trained run (no model/ folder)", file=sys.stderr)
         return 2
-    staging_root = (runs[0].parent if len(runs) > 1 or path != runs[0] else runs[0]) / "hub_upload"
+    staging = path / "hub_upload"
+    folders: dict[str, Path] = {}
     for run in runs:
         read = lambda name: json.loads((run / name).read_text()) if (run / name).is_file() else None  # noqa: E731
         train_config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else None
         split_info = read("split.json")
         if split_info:
             split_info.pop("selection_ids", None)
-        target = f"{repo}-{run.name}" if repo and len(runs) > 1 else repo
-        folder = prepare_upload(run / "model", staging_root / run.name, eval_result=read("eval.json"),
-                                train_config=train_config, split_info=split_info, repo_id=target)
-        if dry_run:
-            print(f"dry run: {run.name} -> {folder} (would upload to {target or '<no repo given>'})")
-            continue
-        if not repo:
-            print("error: give --repo user/name (or --push-to-hub) to push, or --dry-run", file=sys.stderr)
-            return 2
-        try:
-            url = push_folder(folder, target, private=private)
-        except HubError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 3
-        print(f"pushed {run.name} -> {url}")
+        target = repo if single or not repo else f"{repo}/{run.name}"
+        folders[run.name] = prepare_upload(run / "model", staging if single else staging / run.name,
+                                           eval_result=read("eval.json"), train_config=train_config,
+                                           split_info=split_info, repo_id=target)
+    if dry_run:
+        print(f"dry run: the upload for {repo or '<no repo given>'} is in {staging}")
+        return 0
+    if not repo:
+        print("error: give --repo user/name (or --push-to-hub) to push, or --dry-run", file=sys.stderr)
+        return 2
+    try:
+        url = push_folder(folders[runs[0].name], repo, private=private) if single else push_variants(folders, repo, private=private)
+    except HubError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    print(f"pushed {', '.join(folders)} -> {url}")
     return 0
 
 
 def cmd_push(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m train push")
     parser.add_argument("run", help="a run folder (runs/<group>/<variant>) or a group folder (all variants)")
-    parser.add_argument("--repo", help="Hub repo id user/name; with several variants each goes to <repo>-<variant>")
-    parser.add_argument("--dry-run", action="store_true", help="write what would be uploaded under <run>/hub_upload")
+    parser.add_argument("--repo", help="Hub repo id user/name; a group's variants go to its subfolders <variant>/")
+    parser.add_argument("--dry-run", action="store_true", help="only write what would be uploaded, under <run>/hub_upload")
     parser.add_argument("--private", action="store_true")
     args = parser.parse_args(argv)
     return publish(Path(args.run), args.repo, args.dry_run, args.private)

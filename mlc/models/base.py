@@ -238,8 +238,11 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
         else:
             from huggingface_hub import hf_hub_download
 
+            # "user/repo/variant" names a variant's subfolder of a multi-variant repo (train push)
+            parts = model_id.strip("/").split("/")
+            repo_id, subfolder = "/".join(parts[:2]), "/".join(parts[2:]) or None
             get = lambda name: hf_hub_download(  # noqa: E731
-                repo_id=model_id, filename=name, revision=revision, cache_dir=cache_dir,
+                repo_id=repo_id, filename=name, subfolder=subfolder, revision=revision, cache_dir=cache_dir,
                 force_download=force_download, token=token, local_files_only=local_files_only,
             )
             config_path, weights_path = Path(get(CONFIG_NAME)), Path(get(WEIGHTS_NAME))
