@@ -1,0 +1,135 @@
+"""Latency of the app's predict and explain requests (all five methods, 224 px, CPU).
+
+Usage: python bench/app_latency.py [--checkpoints checkpoints] [--requests 20] [--image examples/grace_hopper.jpg]
+
+Uses the models under ``--checkpoints`` when any loads; otherwise five EfficientNet-Lite0 models with
+the packaged ImageNet backbone and untrained heads built in memory (random label statistics and
+embeddings: the same compute as trained ones). Prints a Markdown table of median and p90 times for
+three levels: the models alone, the handler (decode + models + figures), and a full HTTP request
+through ``gradio_client`` against the app launched on localhost (PNG encoding and queue included).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import app  # noqa: E402
+from mlc import serving  # noqa: E402
+from mlc.data import VOC_CLASSES  # noqa: E402
+from mlc.models import create_model  # noqa: E402
+from mlc.stats import label_statistics  # noqa: E402
+
+
+def in_memory_models(seed: int = 0) -> serving.ModelSet:
+    """The five variants as shipped (packaged EfficientNet-Lite0, 224 px), heads untrained."""
+    rng = np.random.default_rng(seed)
+    stats = label_statistics((rng.random((500, len(VOC_CLASSES))) < 0.15).astype(np.int8), VOC_CLASSES)
+    embeddings = rng.normal(size=(len(VOC_CLASSES), 50)).astype(np.float32)  # GloVe-50 sized
+    models = {
+        name: create_model(name, classes=VOC_CLASSES, backbone="efficientnet_lite0", pretrained=True,
+                           label_stats=stats, embeddings=embeddings)
+        for name in serving.VARIANTS
+    }
+    return serving.ModelSet.from_models(models, source="in memory: EfficientNet-Lite0, untrained heads")
+
+
+def load_models(checkpoints: Path) -> serving.ModelSet:
+    model_set = serving.ModelSet.load(checkpoints) if checkpoints.is_dir() else None
+    return model_set if model_set is not None and model_set.methods else in_memory_models()
+
+
+def timings(fn: Callable[[], object], requests: int, warmup: int = 2) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(requests):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return np.array(out)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def backbone_passes(model_set: serving.ModelSet, fn: Callable[[], object]) -> int:
+    """How many times the shared backbone(s) ran during one call."""
+    before = sum(b.passes for b in model_set.shared)
+    fn()
+    return sum(b.passes for b in model_set.shared) - before
+
+
+def checked(result: tuple) -> tuple:
+    """A benchmark of an error message would be meaningless: stop if the handler reported one."""
+    if str(result[0]).startswith("**Error:**"):
+        raise SystemExit(f"request failed: {result[0]}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
+    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--image", type=Path, default=ROOT / "examples" / "grace_hopper.jpg")
+    args = parser.parse_args()
+
+    threads = serving.configure_threads()
+    model_set = load_models(args.checkpoints)
+    handlers = app.Handlers(model_set)
+    image = serving.load_image(args.image).image
+    path = str(args.image)
+
+    rows = {
+        "predict, models only": timings(lambda: serving.predict_probabilities(model_set, image), args.requests),
+        "predict, handler": timings(lambda: checked(handlers.predict(path, 0.5, 5)), args.requests),
+        "explain, models only": timings(lambda: serving.class_maps(model_set, image, None), args.requests),
+        "explain, handler": timings(lambda: checked(handlers.explain(path, None)), args.requests),
+    }
+    demo = app.build_demo(model_set=model_set)
+    port = free_port()
+    app.launch(demo, port=port, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        from gradio_client import Client, handle_file
+
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        rows["predict, HTTP request"] = timings(
+            lambda: client.predict(handle_file(path), 0.5, 5, api_name="/predict"), args.requests)
+        rows["explain, HTTP request"] = timings(
+            lambda: client.predict(handle_file(path), None, api_name="/explain"), args.requests)
+    finally:
+        demo.close()
+
+    size = Image.open(args.image).size
+    passes = [
+        backbone_passes(model_set, lambda: serving.class_maps(model_set, image, None)),
+        backbone_passes(model_set, lambda: serving.flip_views(model_set, image, model_set.names[0], None)),
+    ]
+    print(f"Models: {model_set.source} ({', '.join(model_set.names)}); {len(model_set.shared)} shared backbone(s) "
+          f"running {backbone_passes(model_set, lambda: serving.predict_probabilities(model_set, image))} time(s) per "
+          f"predict, {passes[0]} per explain, {passes[1]} per flip-consistency request; "
+          f"{threads} torch threads; image {args.image.name} {size[0]}x{size[1]}; {args.requests} requests each.\n")
+    print("| request (all methods) | median (ms) | p90 (ms) |")
+    print("|---|---:|---:|")
+    for name, t in rows.items():
+        print(f"| {name} | {1000 * np.median(t):.0f} | {1000 * np.percentile(t, 90):.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,686 @@
+"""Serving the five variants to the app: safe image decoding, one shared frozen backbone, and the
+tables and figures of the predict, explain, flip-consistency and analysis views.
+
+Free of Gradio, so the logic is tested and benchmarked without a server (``app.py`` only wires it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+import warnings
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import FancyArrowPatch
+from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin
+from torch import nn
+
+from mlc import graph as label_graph
+from mlc.data.base import to_rgb
+from mlc.data.transforms import build_transforms
+from mlc.explain import explanation_maps, flip_consistency, normalize_map, overlay
+from mlc.models import MultiLabelModel, load_model
+from mlc.stats import LabelStatistics
+
+VARIANTS: tuple[str, ...] = ("baseline", "ggnn", "ssgrl", "mlgcn", "gcam")
+TSNE_METHODS: tuple[str, ...] = ("baseline", "mlgcn", "gcam")  # the ones with classifiers over pooled features
+CLASS_GROUPS: dict[str, tuple[str, ...]] = {
+    "vehicles": ("aeroplane", "bicycle", "boat", "bus", "car", "motorbike", "train"),
+    "animals": ("bird", "cat", "cow", "dog", "horse", "sheep"),
+    "indoor objects": ("bottle", "chair", "diningtable", "pottedplant", "sofa", "tvmonitor"),
+    "person": ("person",),
+}
+GROUP_COLORS: dict[str, str] = {
+    "vehicles": "tab:blue", "animals": "tab:orange", "indoor objects": "tab:green", "person": "tab:red",
+    "other": "tab:gray",
+}
+METHOD_COLORS: dict[str, str] = dict(zip(VARIANTS, ("tab:gray", "tab:purple", "tab:brown", "tab:blue", "tab:orange")))
+
+MAX_FILE_BYTES = 50 * 2**20
+MAX_DECODE_PIXELS = 40_000_000  # ~160 MB as RGBA; JPEGs are shrunk while decoding, before this check
+MAX_SIDE = 1024  # decoded images are downscaled to this; the models see 224-448 px
+DISPLAY_SIDE = 448  # overlays are drawn at this size
+TINY_SIDE = 32
+
+
+class RequestError(ValueError):
+    """A request the app cannot serve (bad image, unknown class, no model); the message is shown as is."""
+
+
+# -- images ---------------------------------------------------------------------------------------
+@dataclass
+class DecodedImage:
+    """An upload as RGB at most ``MAX_SIDE`` px, with its original size for the status line."""
+
+    image: Image.Image
+    original_size: tuple[int, int]
+
+    @property
+    def note(self) -> str:
+        w, h = self.original_size
+        if min(w, h) < TINY_SIDE:
+            return f"The image is only {w} x {h} pixels; it was upscaled, so expect unreliable scores."
+        if self.image.size != self.original_size:
+            return f"The {w} x {h} image was downscaled to {self.image.width} x {self.image.height} before resizing."
+        return ""
+
+
+def _megapixels(size: tuple[int, int]) -> str:
+    return f"{size[0]} x {size[1]} pixels ({size[0] * size[1] / 1e6:.0f} MP)"
+
+
+def _open_header(path: Path) -> Image.Image:
+    """Open without decoding pixels. PIL refuses images over its bomb limit already here, before a
+    JPEG could be asked to decode at 1/8 scale, so those are reopened with the JPEG plugin directly."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except Image.UnidentifiedImageError:
+        raise RequestError("The file is not an image that can be read (PNG, JPEG, WebP, BMP, TIFF, GIF ...).") from None
+    except Image.DecompressionBombError:
+        with open(path, "rb") as f:
+            magic = f.read(8)
+        if magic.startswith(b"\xff\xd8\xff"):
+            return JpegImagePlugin.JpegImageFile(str(path))
+        if magic == b"\x89PNG\r\n\x1a\n":
+            with PngImagePlugin.PngImageFile(str(path)) as png:
+                raise RequestError(f"The image is too large to decode safely: {_megapixels(png.size)}. "
+                                   "Please downscale it (or send it as a JPEG).") from None
+        raise RequestError("The image is too large to decode safely. Please downscale it.") from None
+
+
+def _decode(image: Image.Image, max_side: int) -> Image.Image:
+    """Decode pixels, letting JPEG skip detail (DCT scaling) and refusing what would exhaust memory."""
+    image.draft(image.mode, (max_side, max_side))  # no-op except for JPEG
+    if image.width * image.height > MAX_DECODE_PIXELS:
+        raise RequestError(f"The image is too large to decode safely: {_megapixels(image.size)}; the limit is "
+                           f"{MAX_DECODE_PIXELS / 1e6:.0f} MP. Please downscale it (or send it as a JPEG).")
+    image.load()
+    rgb = to_rgb(ImageOps.exif_transpose(image))
+    rgb.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return rgb
+
+
+def load_image(path: str | Path, max_side: int = MAX_SIDE) -> DecodedImage:
+    """Decode an upload ourselves, so every failure (not an image, truncated, huge) is a clear RequestError."""
+    path = Path(path)
+    if not path.is_file():
+        raise RequestError("No image was received. Upload an image first.")
+    size = path.stat().st_size
+    if size == 0:
+        raise RequestError("The uploaded file is empty.")
+    if size > MAX_FILE_BYTES:
+        raise RequestError(f"The file is {size / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES / 2**20:.0f} MB.")
+    try:
+        with _open_header(path) as image:
+            original = image.size
+            return DecodedImage(_decode(image, max_side), original)
+    except RequestError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise RequestError(f"The image is too large to decode safely ({err}). Please downscale it.") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as err:
+        raise RequestError(f"The image could not be decoded: the file is truncated or corrupt ({err}).") from None
+
+
+@lru_cache(maxsize=8)
+def _eval_transform(
+    size: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> Callable[[Image.Image], torch.Tensor]:
+    return build_transforms(size, train=False, mean=mean, std=std)
+
+
+def model_input(image: Image.Image, model: MultiLabelModel) -> torch.Tensor:
+    """(1, 3, S, S): the evaluation transform of training (square resize, the model's normalization)."""
+    norm = model.normalization
+    return _eval_transform(model.image_size, tuple(norm.mean), tuple(norm.std))(image).unsqueeze(0)
+
+
+def display_array(image: Image.Image, side: int = DISPLAY_SIDE) -> np.ndarray:
+    """RGB uint8 canvas for the overlays: longer side ``side`` px (tiny images are enlarged), same aspect."""
+    scale = side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return np.asarray(image.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+# -- models ---------------------------------------------------------------------------------------
+class SharedBackbone(nn.Module):
+    """One frozen backbone module used by several heads.
+
+    Inside ``reuse_features()`` it hands back the feature map of an input it has already seen, so
+    the five heads, and the library's explanation functions (which call ``model.explain(images)``),
+    cost one backbone pass per distinct input and request.
+    """
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.inner = backbone.requires_grad_(False).eval()
+        self.name: str = backbone.name
+        self.num_features: int = backbone.num_features
+        self.normalization = backbone.normalization
+        self.passes = 0  # backbone evaluations so far (the benchmark and tests read it)
+        self._seen: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @contextmanager
+    def reuse_features(self) -> Iterator[None]:
+        self._seen = []
+        try:
+            yield
+        finally:
+            self._seen = None
+
+    def _lookup(self, images: torch.Tensor) -> torch.Tensor | None:
+        for seen, features in self._seen or ():
+            same_mode = features.is_inference() == torch.is_inference_mode_enabled()
+            if same_mode and seen.shape == images.shape and torch.equal(seen, images):
+                return features
+        return None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self._lookup(images)
+        if features is None:
+            self.passes += 1
+            features = self.inner(images)
+            if self._seen is not None:
+                self._seen.append((images, features))
+        return features
+
+
+def share_backbones(models: Mapping[str, MultiLabelModel]) -> list[SharedBackbone]:
+    """Give models whose backbone is the packaged one (not in the checkpoint) one shared module.
+
+    Models match when backbone name, image size and normalization agree; the other copies are freed.
+    """
+    shared: dict[tuple, SharedBackbone] = {}
+    for model in models.values():
+        if not model.backbone_is_pretrained:
+            continue
+        norm = model.normalization
+        key = (model.backbone_name, model.image_size, tuple(norm.mean), tuple(norm.std))
+        if key not in shared:
+            shared[key] = SharedBackbone(model.backbone)
+        model.backbone = shared[key]
+    return list(shared.values())
+
+
+@dataclass
+class Method:
+    """One loaded variant and its evaluation (``eval.json``), as the app shows it."""
+
+    name: str
+    model: MultiLabelModel
+    evaluation: dict | None = None
+    note: str = ""  # e.g. why eval.json is missing
+
+
+def _read_evaluation(folder: Path) -> tuple[dict | None, str]:
+    path = folder / "eval.json"
+    if not path.is_file():
+        return None, "no eval.json"
+    try:
+        evaluation = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        return None, f"eval.json unreadable ({type(err).__name__}: {err})"
+    metrics = evaluation.get("metrics") if isinstance(evaluation, dict) else None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("ap"), list):
+        return None, "eval.json has no metrics.ap list"
+    return evaluation, ""
+
+
+def _load_method(name: str, folder: Path) -> Method:
+    if not folder.is_dir():
+        raise RequestError(f"missing: no folder {folder}")
+    model = load_model(folder).eval()
+    evaluation, note = _read_evaluation(folder)
+    return Method(name, model, evaluation, note)
+
+
+def _fetch_hub_repo(repo_id: str) -> Path:
+    """Download (or find in the cache) the JSON and safetensors files of a Hub repo."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*config.json", "*eval.json", "*model.safetensors"]))
+    except Exception as err:  # offline, unknown repo, invalid id, network: all end as one message
+        raise RequestError(f"could not fetch Hub repo {repo_id!r}: {type(err).__name__}: {err}") from None
+
+
+def _model_folders(root: Path) -> dict[str, Path]:
+    """``root`` is one saved model (named by its config), or holds one subfolder per variant."""
+    config = root / "config.json"
+    if config.is_file():
+        try:
+            return {str(json.loads(config.read_text())["model_name"]): root}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {root.name: root}
+    return {name: root / name for name in VARIANTS}
+
+
+def configure_threads() -> int:
+    """Torch threads: all cores but one (``MLC_NUM_THREADS`` overrides).
+
+    The spare core serves HTTP, PNG encoding and the figures of the other queued request. On a busy
+    2-core machine two OpenMP threads that lose their core stall each other: a predict request took
+    0.68 s median with 2 threads against 0.19 s with 1.
+    """
+    threads = int(os.environ.get("MLC_NUM_THREADS") or 0) or max(1, len(os.sched_getaffinity(0)) - 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
+@dataclass
+class ModelSet:
+    """The models the app serves, the problems met loading the others, and where they came from."""
+
+    methods: dict[str, Method]
+    problems: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.shared = share_backbones({name: m.model for name, m in self.methods.items()})
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, source: str | Path) -> "ModelSet":
+        """Every variant under a local folder or Hub repo id; a broken one is recorded, not raised."""
+        text = str(source).strip()
+        try:
+            root = Path(text) if Path(text).is_dir() else _fetch_hub_repo(text)
+        except RequestError as err:
+            return cls({}, {"source": str(err)}, text)
+        methods, problems = {}, {}
+        for name, folder in _model_folders(root).items():
+            try:
+                methods[name] = _load_method(name, folder)
+            except Exception as err:  # a broken checkpoint must not take the others down
+                problems[name] = str(err) if isinstance(err, RequestError) else f"{type(err).__name__}: {err}"
+        return cls(methods, problems, text)
+
+    @classmethod
+    def from_models(cls, models: Mapping[str, MultiLabelModel], source: str = "memory") -> "ModelSet":
+        return cls({name: Method(name, model.eval()) for name, model in models.items()}, {}, source)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.methods)
+
+    @property
+    def classes(self) -> list[str]:
+        """Union of the models' classes, in order of first appearance."""
+        return list(dict.fromkeys(c for m in self.methods.values() for c in m.model.classes))
+
+    def require_models(self) -> None:
+        if not self.methods:
+            raise RequestError(f"No model is loaded (source: {self.source or 'none'}). See the model status above.")
+
+    def method(self, name: str) -> Method:
+        if name not in self.methods:
+            raise RequestError(f"Unknown method {name!r}; loaded: {', '.join(self.names) or 'none'}.")
+        return self.methods[name]
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """One request at a time on the models (the cores are already busy) with features reused."""
+        with self._lock, ExitStack() as stack:
+            for backbone in self.shared:
+                stack.enter_context(backbone.reuse_features())
+            yield
+
+    def inputs(self, image: Image.Image) -> dict[str, torch.Tensor]:
+        """Each method's input tensor; methods with the same preprocessing get the same tensor."""
+        by_key: dict[tuple, torch.Tensor] = {}
+        out = {}
+        for name, m in self.methods.items():
+            norm = m.model.normalization
+            key = (m.model.image_size, tuple(norm.mean), tuple(norm.std))
+            if key not in by_key:
+                by_key[key] = model_input(image, m.model)
+            out[name] = by_key[key]
+        return out
+
+    @cached_property
+    def tsne(self) -> pd.DataFrame:
+        """2-D t-SNE of the classifiers (fixed once loaded, so computed once)."""
+        return classifier_embedding(self)
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _evaluation_summary(method: Method) -> str:
+    ev = method.evaluation
+    if ev is None:
+        return method.note or "-"
+    map_ = ev["metrics"].get("map")
+    return (f"mAP {'-' if map_ is None else f'{100 * map_:.1f}'} on {ev.get('dataset', '?')} "
+            f"{ev.get('split', '?')} ({ev.get('num_images', '?')} images)")
+
+
+def status_markdown(model_set: ModelSet) -> str:
+    """Which models serve, which failed and why, and whether the backbone is shared."""
+    wanted = list(dict.fromkeys([*model_set.methods, *model_set.problems]))
+    head = f"**Models** from `{model_set.source or 'nowhere'}`: {len(model_set.methods)} of {len(wanted)} loaded"
+    for backbone in model_set.shared:
+        users = [n for n, m in model_set.methods.items() if m.model.backbone is backbone]
+        head += f"; {', '.join(users)} share one `{backbone.name}` backbone"
+    rows = ["| method | status | backbone | image size | evaluation |", "|---|---|---|---|---|"]
+    for name in wanted:
+        if name in model_set.methods:
+            m = model_set.methods[name]
+            model, summary = m.model, _cell(_evaluation_summary(m))
+            rows.append(f"| {name} | loaded | {model.backbone_name} | {model.image_size} | {summary} |")
+        else:
+            rows.append(f"| {name} | **not loaded**: {_cell(model_set.problems[name])} | | | |")
+    return head + ".\n\n" + "\n".join(rows)
+
+
+# -- predict --------------------------------------------------------------------------------------
+def predict_probabilities(model_set: ModelSet, image: Image.Image) -> pd.DataFrame:
+    """(classes x methods) sigmoid scores plus their mean, sorted by the mean (NaN: class unknown to a model)."""
+    model_set.require_models()
+    with model_set.session(), torch.inference_mode():
+        inputs = model_set.inputs(image)
+        table = _score_table(model_set, {name: m.model(inputs[name]) for name, m in model_set.methods.items()})
+    table["mean"] = table.mean(axis=1)
+    return table.sort_values("mean", ascending=False, kind="stable")
+
+
+def _score_table(model_set: ModelSet, logits: Mapping[str, torch.Tensor]) -> pd.DataFrame:
+    """(classes x methods) probabilities of the first image; NaN where a model lacks the class."""
+    columns = {
+        name: pd.Series(torch.sigmoid(x)[0].double().numpy(), index=model_set.methods[name].model.classes)
+        for name, x in logits.items()
+    }
+    return pd.DataFrame(columns, index=model_set.classes)
+
+
+def predicted_labels(table: pd.DataFrame, threshold: float, top_k: int) -> dict[str, list[str]]:
+    """Per method: classes scoring >= threshold among its own top-k (the papers' top-k protocol)."""
+    out = {}
+    for name in table.columns.drop("mean"):
+        top = table[name].dropna().sort_values(ascending=False, kind="stable").head(max(1, int(top_k)))
+        out[name] = [str(c) for c, s in top.items() if s >= threshold]
+    return out
+
+
+def _grouped_bars(ax, table: pd.DataFrame, colors: Mapping[str, str]) -> None:
+    """Bars per row (x) and column (colour), side by side within a row."""
+    methods = list(table.columns)
+    width = 0.8 / max(1, len(methods))
+    x = np.arange(len(table))
+    for i, name in enumerate(methods):
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, table[name].to_numpy(dtype=float), width,
+               label=name, color=colors.get(name))
+    ax.set_xticks(x, [str(c) for c in table.index], rotation=30, ha="right")
+    ax.grid(axis="y", alpha=0.3)
+
+
+def probability_chart(table: pd.DataFrame, top_k: int, threshold: float) -> Figure:
+    """Grouped bars of the top-k classes (by mean score), one bar per method, and the threshold."""
+    top = table.drop(columns="mean").head(max(1, int(top_k)))
+    fig = Figure(figsize=(8, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    _grouped_bars(ax, top, METHOD_COLORS)
+    ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.2f}")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("probability")
+    ax.set_title(f"Top {len(top)} classes by mean score")
+    fig.legend(fontsize=8, ncols=len(top.columns) + 1, loc="outside upper center")
+    return fig
+
+
+# -- explain and flip consistency -------------------------------------------------------------------
+@dataclass
+class ClassMap:
+    """One method's map for one class, at feature-map resolution."""
+
+    method: str
+    kind: str  # CAM | Grad-CAM | attention
+    map: np.ndarray  # (h, w)
+    probability: float
+
+
+def resolve_class(model_set: ModelSet, class_name: str | None, mean_scores: pd.Series) -> str:
+    """The requested class, or the top-scoring one (mean over methods) when none is given."""
+    if not class_name:
+        return str(mean_scores.idxmax())
+    if class_name not in model_set.classes:
+        raise RequestError(f"Unknown class {class_name!r}; the models know: {', '.join(model_set.classes)}.")
+    return class_name
+
+
+def class_maps(model_set: ModelSet, image: Image.Image, class_name: str | None) -> tuple[str, list[ClassMap]]:
+    """Every method's explanation map (``mlc.explain.explanation_maps`` picks its kind) for one class."""
+    model_set.require_models()
+    with model_set.session():
+        inputs = model_set.inputs(image)
+        results = {n: explanation_maps(m.model, inputs[n]) for n, m in model_set.methods.items()}
+    mean_scores = _score_table(model_set, {n: r[0] for n, r in results.items()}).mean(axis=1)
+    chosen = resolve_class(model_set, class_name, mean_scores)
+    maps = []
+    for name, (logits, per_class, kind) in results.items():
+        classes = model_set.methods[name].model.classes
+        if chosen in classes:
+            c = classes.index(chosen)
+            maps.append(ClassMap(name, kind, per_class[0, c].numpy(), float(torch.sigmoid(logits[0, c]))))
+    return chosen, maps
+
+
+def explanation_gallery(image: Image.Image, maps: list[ClassMap]) -> list[tuple[np.ndarray, str]]:
+    """(overlay, caption) per method; each map is min-max scaled on its own (kinds differ in scale)."""
+    canvas = display_array(image)
+    return [(overlay(canvas, m.map), f"{m.method} - {m.kind} (p={m.probability:.2f})") for m in maps]
+
+
+@dataclass
+class FlipResult:
+    """Flip consistency of every method for one class, and the maps of the method on display."""
+
+    class_name: str
+    method: str
+    kind: str
+    original: np.ndarray  # (h, w) map of the image
+    flipped_back: np.ndarray  # (h, w) map of the mirrored image, mirrored back
+    scores: pd.DataFrame  # method, map, cosine, L_A
+
+
+def flip_views(model_set: ModelSet, image: Image.Image, method: str, class_name: str | None) -> FlipResult:
+    """CAM(I) against flip(CAM(flip(I))) for every method (``mlc.explain.flip_consistency``)."""
+    model_set.require_models()
+    shown = model_set.method(method).name
+    with model_set.session():
+        inputs = model_set.inputs(image)
+        with torch.no_grad():
+            logits = {n: m.model(inputs[n]) for n, m in model_set.methods.items()}
+        chosen = resolve_class(model_set, class_name, _score_table(model_set, logits).mean(axis=1))
+        consistency = {
+            n: flip_consistency(m.model, inputs[n]) for n, m in model_set.methods.items() if chosen in m.model.classes
+        }
+    if shown not in consistency:
+        raise RequestError(f"{shown} has no class {chosen!r}.")
+    rows = []
+    for name, fc in consistency.items():
+        c = model_set.methods[name].model.classes.index(chosen)
+        cosine, squared_error = float(fc.score[0, c]), float(fc.squared_error[0, c])
+        rows.append({"method": name, "map": fc.kind, "cosine": cosine, "L_A": squared_error})
+    c = model_set.methods[shown].model.classes.index(chosen)
+    fc = consistency[shown]
+    return FlipResult(chosen, shown, fc.kind, fc.maps[0, c].numpy(), fc.flipped_back[0, c].numpy(), pd.DataFrame(rows))
+
+
+def difference_image(canvas: np.ndarray, difference: np.ndarray) -> np.ndarray:
+    """The signed difference in a diverging colormap (white = 0, symmetric range) over the grey image."""
+    import cv2
+
+    limit = float(np.abs(difference).max()) or 1.0
+    size = (canvas.shape[1], canvas.shape[0])
+    heat = cv2.resize((difference / limit).astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+    colored = colormaps["RdBu_r"]((heat + 1.0) / 2.0)[..., :3] * 255.0
+    grey = canvas.astype(np.float32).mean(axis=2, keepdims=True)
+    return np.uint8(np.clip(0.35 * grey + 0.65 * colored, 0, 255))
+
+
+def flip_gallery(image: Image.Image, result: FlipResult) -> list[tuple[np.ndarray, str]]:
+    """Map, flipped-back map (scaled together so their strengths compare) and their difference."""
+    canvas = display_array(image)
+    both = normalize_map(np.stack([result.original, result.flipped_back]))
+    limit = float(np.abs(result.original - result.flipped_back).max())
+    label = f"{result.method} - {result.kind} - {result.class_name}"
+    return [
+        (overlay(canvas, both[0], normalize=False), f"{label}: map of the image"),
+        (overlay(canvas, both[1], normalize=False), f"{label}: map of the flipped image, flipped back"),
+        (difference_image(canvas, result.original - result.flipped_back),
+         f"difference, red > 0 > blue (+-{limit:.3g})"),
+    ]
+
+
+# -- analysis -------------------------------------------------------------------------------------
+def per_class_ap(model_set: ModelSet) -> pd.DataFrame:
+    """AP (%) per class (rows) and method (columns) from each eval.json, mAP as the last row."""
+    columns = {}
+    for name, m in model_set.methods.items():
+        if m.evaluation is not None:
+            metrics = m.evaluation["metrics"]
+            classes = metrics.get("classes") or m.model.classes
+            values = [*metrics["ap"], metrics.get("map")]
+            columns[name] = pd.Series([np.nan if v is None else 100 * v for v in values], index=[*classes, "mAP"])
+    if not columns:
+        raise RequestError("No loaded model has an eval.json, so there is no per-class AP to show.")
+    classes = list(dict.fromkeys(c for s in columns.values() for c in s.index if c != "mAP"))
+    return pd.DataFrame(columns, index=[*classes, "mAP"]).round(1)
+
+
+def ap_chart(table: pd.DataFrame) -> Figure:
+    fig = Figure(figsize=(12, 4), layout="constrained")
+    ax = fig.add_subplot()
+    _grouped_bars(ax, table, METHOD_COLORS)
+    ax.set_ylabel("AP (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Per-class AP (last group: mAP)")
+    fig.legend(fontsize=8, ncols=len(table.columns), loc="outside upper center")
+    return fig
+
+
+def label_statistics(model_set: ModelSet, method: str | None) -> tuple[str, LabelStatistics]:
+    """Training-split label statistics saved with a model (the first that has them by default)."""
+    names = [method] if method else model_set.names
+    for name in names:
+        stats = model_set.method(name).model.label_stats
+        if stats:
+            return name, LabelStatistics.from_dict(stats)
+    raise RequestError(f"{method or 'No loaded model'} has no label statistics in its config.")
+
+
+def cooccurrence_heatmap(stats: LabelStatistics) -> Figure:
+    """P(j | i) = n_ij / n_i, row i conditioning on class i."""
+    prob = label_graph.conditional_probability(stats.counts, stats.cooccurrence)
+    fig = Figure(figsize=(6.4, 5.6), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(prob, cmap="viridis", vmin=0, vmax=1)
+    ticks = np.arange(len(stats.classes))
+    ax.set_xticks(ticks, stats.classes, rotation=90, fontsize=7)
+    ax.set_yticks(ticks, stats.classes, fontsize=7)
+    ax.set_xlabel("j")
+    ax.set_ylabel("i")
+    ax.set_title(f"P(j | i) over {stats.num_images} training images")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def class_group(name: str) -> str:
+    return next((g for g, members in CLASS_GROUPS.items() if name in members), "other")
+
+
+def reweighted_graph(stats: LabelStatistics, tau: float, p: float) -> tuple[np.ndarray, int]:
+    """(A'' of ML-GCN / G-CAM for this tau and p, number of directed edges of the thresholded A')."""
+    binary = label_graph.threshold_adjacency(label_graph.conditional_probability(stats.counts, stats.cooccurrence), tau)
+    return label_graph.reweight_adjacency(binary, p), label_graph.count_edges(binary)
+
+
+def graph_figure(stats: LabelStatistics, weights: np.ndarray, tau: float, p: float, edges: int) -> Figure:
+    """Nodes on a circle, one curved arrow i -> j per edge, width by its weight A''_ij."""
+    n = len(stats.classes)
+    angle = 2 * np.pi * np.arange(n) / max(n, 1)
+    xy = np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    fig = Figure(figsize=(6.4, 6.4), layout="constrained")
+    ax = fig.add_subplot()
+    off_diagonal = weights * (1 - np.eye(n))
+    top = float(off_diagonal.max()) or 1.0
+    for i, j in zip(*np.nonzero(off_diagonal)):
+        ax.add_patch(FancyArrowPatch(
+            xy[i], xy[j], arrowstyle="-|>", mutation_scale=9, connectionstyle="arc3,rad=0.12",
+            linewidth=0.4 + 3.0 * off_diagonal[i, j] / top, color="tab:blue", alpha=0.55, shrinkA=7, shrinkB=7,
+        ))
+    colors = [GROUP_COLORS[class_group(c)] for c in stats.classes]
+    ax.scatter(xy[:, 0], xy[:, 1], s=90, c=colors, zorder=3, edgecolors="black", linewidths=0.5)
+    for (x, y), name in zip(xy, stats.classes):
+        align = "left" if x > 0.3 else "right" if x < -0.3 else "center"
+        ax.text(1.09 * x, 1.09 * y, name, ha=align, va="center", fontsize=8)
+    ax.legend(handles=[Line2D([], [], marker="o", linestyle="", color=c, label=g) for g, c in GROUP_COLORS.items()
+                       if g in {class_group(n) for n in stats.classes}], fontsize=7, loc="lower left")
+    ax.set_xlim(-1.35, 1.35)
+    ax.set_ylim(-1.35, 1.35)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title(f"A'' (tau={tau:.2f}, p={p:.2f}): {edges} directed edges\nwidth = weight; self-loops (1-p) not drawn",
+                 fontsize=10)
+    return fig
+
+
+def classifier_embedding(model_set: ModelSet) -> pd.DataFrame:
+    """t-SNE of the baseline's learned classifiers and the GCN-produced ones of ML-GCN and G-CAM.
+
+    Rows are L2-normalised first: the methods' weights differ in scale, and only direction matters
+    for which class a pooled feature scores highest.
+    """
+    from sklearn.manifold import TSNE
+
+    rows, vectors = [], []
+    for name in TSNE_METHODS:
+        if name in model_set.methods:
+            model = model_set.methods[name].model
+            with torch.no_grad():
+                weights = model.classifier()[0].float().numpy()
+            vectors.append(weights / np.maximum(np.linalg.norm(weights, axis=1, keepdims=True), 1e-12))
+            rows += [{"method": name, "label": c, "group": class_group(c)} for c in model.classes]
+    if not vectors:
+        raise RequestError(f"The t-SNE needs at least one of {', '.join(TSNE_METHODS)}; none is loaded.")
+    data = np.concatenate(vectors)
+    if len(data) < 3:
+        raise RequestError("The t-SNE needs at least three classifiers.")
+    points = TSNE(n_components=2, perplexity=min(5.0, len(data) - 1.0), init="pca", random_state=0).fit_transform(data)
+    return pd.DataFrame(rows).assign(x=points[:, 0], y=points[:, 1])
+
+
+def tsne_figure(embedding: pd.DataFrame) -> Figure:
+    """Colour = class group, marker = method, every point labelled with its class."""
+    markers = dict(zip(TSNE_METHODS, ("o", "s", "^")))
+    fig = Figure(figsize=(8, 6), layout="constrained")
+    ax = fig.add_subplot()
+    for method, part in embedding.groupby("method", sort=False):
+        ax.scatter(part.x, part.y, c=[GROUP_COLORS[g] for g in part.group], marker=markers[method],
+                   s=60, edgecolors="black", linewidths=0.5)
+        for row in part.itertuples():
+            ax.annotate(row.label, (row.x, row.y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    handles = [Line2D([], [], marker=markers[m], linestyle="", color="black", label=m)
+               for m in embedding.method.unique()]
+    handles += [Line2D([], [], marker="o", linestyle="", color=c, label=g) for g, c in GROUP_COLORS.items()
+                if g in set(embedding.group)]
+    ax.legend(handles=handles, fontsize=8, loc="best")
+    ax.set_title("t-SNE of the classifiers (baseline: learned; ML-GCN / G-CAM: produced by the GCN)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return fig

@@ -1,0 +1,423 @@
+"""The Gradio app through its API (``gradio_client``), against tiny checkpoints written here.
+
+``write_checkpoints`` and ``serve`` are shared with ``test_browser.py``.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import struct
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import wait
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mlc import graph as label_graph
+from mlc.data import VOC_CLASSES
+from mlc.metrics import evaluate
+from mlc.stats import LabelStatistics, label_statistics
+
+VARIANTS = ["baseline", "ggnn", "ssgrl", "mlgcn", "gcam"]
+# Gradio's own queue statistics trip pandas 3 deprecations on every event; they are not ours.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+
+MAP_KINDS = {"baseline": "CAM", "ggnn": "Grad-CAM", "ssgrl": "attention", "mlgcn": "CAM", "gcam": "CAM"}
+
+
+# -- fixtures shared with the browser test ----------------------------------------------------------
+def write_checkpoints(root: Path, seed: int = 0) -> Path:
+    """Tiny-backbone checkpoints of the five variants (VOC classes) plus an eval.json each."""
+    from mlc.models import create_model
+
+    rng = np.random.default_rng(seed)
+    stats = label_statistics((rng.random((120, len(VOC_CLASSES))) < 0.25).astype(np.int8), VOC_CLASSES)
+    embeddings = rng.normal(size=(len(VOC_CLASSES), 8)).astype(np.float32)
+    for name in VARIANTS:
+        extra = {"hidden_dim": 16} if name == "ssgrl" else {}
+        model = create_model(name, classes=VOC_CLASSES, backbone="tiny", pretrained=False, label_stats=stats,
+                             embeddings=embeddings, **extra)
+        model.backbone_is_pretrained = False  # the random tiny backbone must be saved with the heads
+        model.save(root / name)
+        targets = (rng.random((50, len(VOC_CLASSES))) < 0.3).astype(np.int8)
+        report = evaluate(rng.random(targets.shape), targets, VOC_CLASSES)
+        evaluation = {"model_name": name, "dataset": "voc2007", "split": "test", "num_images": 50,
+                      "metrics": report.to_dict()}
+        (root / name / "eval.json").write_text(json.dumps(evaluation))
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(**build_kwargs) -> Iterator[str]:
+    """The app on a free local port (``app.build_demo(**build_kwargs)``), closed afterwards.
+
+    The app sets torch's thread count for its process; it is restored for the other test modules.
+    """
+    import torch
+
+    import app
+
+    threads = torch.get_num_threads()
+    demo = app.build_demo(**build_kwargs)
+    port = free_port()
+    app.launch(demo, port=port, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+        torch.set_num_threads(threads)
+
+
+def write_photo(path: Path, size: tuple[int, int] = (320, 240), seed: int = 0) -> Path:
+    """A small RGB JPEG: smooth noise with a bright rectangle."""
+    rng = np.random.default_rng(seed)
+    pixels = (rng.random((size[1], size[0], 3)) * 80 + 60).astype(np.uint8)
+    pixels[size[1] // 4: size[1] // 2, size[0] // 3: size[0] // 2] = (220, 40, 40)
+    Image.fromarray(pixels).save(path, quality=90)
+    return path
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> Path:
+    return write_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture(scope="session")
+def client(checkpoints):
+    from gradio_client import Client
+
+    with serve(checkpoint_dir=checkpoints) as url:
+        yield Client(url, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def broken_checkpoints(checkpoints, tmp_path_factory) -> Path:
+    """The same five, but ssgrl's weights are cut in half."""
+    root = tmp_path_factory.mktemp("broken")
+    for name in VARIANTS:
+        shutil.copytree(checkpoints / name, root / name)
+    weights = root / "ssgrl" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return root
+
+
+@pytest.fixture(scope="session")
+def broken_client(broken_checkpoints):
+    from gradio_client import Client
+
+    with serve(checkpoint_dir=broken_checkpoints) as url:
+        yield Client(url, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def photo(tmp_path_factory) -> Path:
+    return write_photo(tmp_path_factory.mktemp("images") / "photo.jpg")
+
+
+def _png_1bit(path: Path, width: int, height: int) -> Path:
+    """A black 1-bit PNG written row by row, so a 20000 x 20000 image costs ~50 KB and no big buffer."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    deflate = zlib.compressobj(9)
+    row = b"\x00" * (1 + (width + 7) // 8)
+    data = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="session")
+def bad_images(tmp_path_factory, photo) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bad")
+    text = root / "notes.jpg"
+    text.write_text("this is a text file renamed to .jpg\n")
+    truncated = root / "truncated.jpg"
+    truncated.write_bytes(photo.read_bytes()[: photo.stat().st_size // 2])
+    gray, rgba, sixteen, tiny = root / "gray.png", root / "rgba.png", root / "sixteen.png", root / "tiny.png"
+    Image.open(photo).convert("L").save(gray)
+    Image.open(photo).convert("RGBA").save(rgba)
+    ramp = (np.linspace(0, 65535, 240 * 320).reshape(240, 320)).astype(np.uint16)
+    Image.fromarray(ramp).save(sixteen)  # mode I;16
+    Image.new("RGB", (1, 1), (200, 30, 30)).save(tiny)
+    huge_jpeg = root / "huge.jpg"
+    Image.new("L", (20000, 20000), 128).save(huge_jpeg, quality=30)  # ~5 MB, decoded at 1/8 scale
+    return {"text": text, "truncated": truncated, "gray": gray, "rgba": rgba, "sixteen": sixteen, "tiny": tiny,
+            "huge_png": _png_1bit(root / "huge.png", 20000, 20000), "huge_jpeg": huge_jpeg}
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def predict(client, path: Path, threshold: float = 0.5, top_k: int = 5) -> tuple:
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(path)), threshold, top_k, api_name="/predict")
+
+
+def assert_clean(message: str) -> None:
+    assert "Traceback" not in message and 'File "' not in message, message
+
+
+def assert_good_prediction(result: tuple, methods: list[str] = VARIANTS) -> None:
+    status, table, plot, labels = result
+    assert_clean(status)
+    assert not status.startswith("**Error"), status
+    assert table["headers"] == ["class", *methods, "mean"]
+    assert len(table["data"]) == len(VOC_CLASSES)
+    assert sorted(row[0] for row in table["data"]) == sorted(VOC_CLASSES)
+    assert plot["type"] == "matplotlib"
+    assert set(labels) == set(methods)
+
+
+# -- endpoints --------------------------------------------------------------------------------------
+def test_every_handler_is_a_named_endpoint(client):
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    params = {name: [p["parameter_name"] for p in spec["parameters"]] for name, spec in api.items()}
+    assert params == {
+        "/predict": ["image", "threshold", "top_k"],
+        "/explain": ["image", "class_name"],
+        "/flip_consistency": ["image", "method", "class_name"],
+        "/per_class_ap": [],
+        "/label_graph": ["method", "tau", "p"],
+        "/classifier_tsne": [],
+        "/load_models": ["source"],
+    }
+
+
+def test_predict_table_sorted_by_mean_with_labels_at_threshold(client, photo):
+    result = predict(client, photo, threshold=0.5, top_k=5)
+    assert_good_prediction(result)
+    status, table, _, labels = result
+    rows = table["data"]
+    means = [row[-1] for row in rows]
+    assert means == sorted(means, reverse=True)
+    for row in rows:
+        assert all(0.0 <= v <= 1.0 for v in row[1:])
+        assert row[-1] == pytest.approx(np.mean(row[1:-1]), abs=2e-3)
+    for i, method in enumerate(VARIANTS, start=1):  # the table is rounded to 3 decimals: allow ties
+        score = {r[0]: r[i] for r in rows}
+        fifth = sorted(score.values(), reverse=True)[4]
+        assert len(labels[method]) <= 5
+        assert all(score[c] >= 0.4995 and score[c] >= fifth for c in labels[method])
+        assert {c for c, v in score.items() if v > fifth and v > 0.5005} <= set(labels[method])
+    assert f"**{rows[0][0]}**" in status
+
+
+def test_predict_threshold_and_top_k(client, photo):
+    _, _, _, everything = predict(client, photo, threshold=0.0, top_k=3)
+    assert all(len(v) == 3 for v in everything.values())
+    _, _, _, nothing = predict(client, photo, threshold=1.0, top_k=20)
+    assert all(v == [] for v in nothing.values())
+
+
+def test_explain_overlays_every_method_for_the_top_class(client, photo):
+    from gradio_client import handle_file
+
+    top = predict(client, photo)[1]["data"][0][0]
+    status, gallery = client.predict(handle_file(str(photo)), None, api_name="/explain")
+    assert f"**{top}**" in status and "top-scoring" in status
+    assert len(gallery) == 5
+    for item, method in zip(gallery, VARIANTS):
+        assert item["caption"].startswith(f"{method} - {MAP_KINDS[method]} ")
+        with Image.open(item["image"]) as overlay:
+            assert overlay.mode == "RGB" and overlay.size == (448, 336)  # the photo's aspect, not squashed
+
+
+def test_explain_chosen_and_unknown_class(client, photo):
+    from gradio_client import handle_file
+
+    status, gallery = client.predict(handle_file(str(photo)), "dog", api_name="/explain")
+    assert "**dog**" in status and len(gallery) == 5
+    status, gallery = client.predict(handle_file(str(photo)), "unicorn", api_name="/explain")
+    assert "Unknown class 'unicorn'" in status and not gallery
+
+
+def test_flip_consistency_images_and_scores(client, photo):
+    from gradio_client import handle_file
+
+    status, gallery, table = client.predict(handle_file(str(photo)), "ggnn", "cat", api_name="/flip_consistency")
+    assert "**cat**" in status
+    assert len(gallery) == 3
+    assert "map of the image" in gallery[0]["caption"] and "flipped back" in gallery[1]["caption"]
+    assert gallery[2]["caption"].startswith("difference")
+    assert all(item["caption"].startswith("ggnn - Grad-CAM") for item in gallery[:2])
+    assert table["headers"] == ["method", "map", "cosine", "L_A"]
+    assert [row[0] for row in table["data"]] == VARIANTS
+    assert [row[1] for row in table["data"]] == [MAP_KINDS[m] for m in VARIANTS]
+    for _, _, cosine, squared_error in table["data"]:
+        assert -1.0 - 1e-6 <= cosine <= 1.0 + 1e-6 and squared_error >= 0.0
+    status, gallery, _ = client.predict(handle_file(str(photo)), "nope", "cat", api_name="/flip_consistency")
+    assert "Unknown method 'nope'" in status and not gallery
+    _, gallery, _ = client.predict(handle_file(str(photo)), None, None, api_name="/flip_consistency")
+    assert gallery[0]["caption"].startswith("gcam - CAM")  # the default: the method trained for it
+
+
+def test_per_class_ap_matches_eval_json(client, checkpoints):
+    status, table, plot = client.predict(api_name="/per_class_ap")
+    assert "voc2007 test" in status
+    assert table["headers"] == ["class", *VARIANTS]
+    rows = table["data"]
+    assert [r[0] for r in rows] == [*VOC_CLASSES, "mAP"]
+    metrics = json.loads((checkpoints / "mlgcn" / "eval.json").read_text())["metrics"]
+    column = table["headers"].index("mlgcn")
+    assert [r[column] for r in rows[:-1]] == pytest.approx([round(100 * v, 1) for v in metrics["ap"]], abs=0.051)
+    assert rows[-1][column] == pytest.approx(100 * metrics["map"], abs=0.051)
+    assert plot["type"] == "matplotlib"
+
+
+@pytest.mark.parametrize("tau", [0.2, 0.4, 1.0])
+def test_label_graph_counts_directed_edges(client, checkpoints, tau):
+    config = json.loads((checkpoints / "gcam" / "config.json").read_text())
+    stats = LabelStatistics.from_dict(config["label_stats"])
+    binary = label_graph.threshold_adjacency(label_graph.conditional_probability(stats.counts, stats.cooccurrence), tau)
+    status, heatmap, network = client.predict("gcam", tau, 0.25, api_name="/label_graph")
+    assert f"keeps **{label_graph.count_edges(binary)}** directed edges" in status
+    assert heatmap["type"] == network["type"] == "matplotlib"
+
+
+def test_classifier_tsne(client):
+    status, plot = client.predict(api_name="/classifier_tsne")
+    assert "60 classifier vectors (baseline, mlgcn, gcam)" in status
+    assert plot["type"] == "matplotlib"
+
+
+def test_load_models_reloads_and_keeps_serving_on_a_bad_source(client, photo, checkpoints):
+    status, *_ = client.predict("", api_name="/load_models")
+    assert "5 of 5 loaded" in status and str(checkpoints) in status
+    status, *_ = client.predict("no-such-user/no-such-repo", api_name="/load_models")
+    assert "No model could be loaded from 'no-such-user/no-such-repo'" in status and "Still serving 5" in status
+    assert_good_prediction(predict(client, photo))
+
+
+def test_two_requests_at_once(client, photo):
+    from gradio_client import handle_file
+
+    jobs = [client.submit(handle_file(str(photo)), 0.5, 5, api_name="/predict") for _ in range(2)]
+    wait(jobs, timeout=120)
+    for job in jobs:
+        assert_good_prediction(job.result())
+
+
+# -- bad input --------------------------------------------------------------------------------------
+ERRORS = {
+    "text": "not an image",
+    "truncated": "truncated or corrupt",
+    "huge_png": "too large to decode safely: 20000 x 20000 pixels",
+}
+CONVERTED = {"gray": "", "rgba": "", "sixteen": "", "tiny": "only 1 x 1 pixels",
+             "huge_jpeg": "20000 x 20000 image was downscaled"}
+
+
+@pytest.mark.parametrize("kind", list(ERRORS))
+def test_bad_image_gives_a_clear_message_and_the_app_keeps_serving(client, bad_images, photo, kind):
+    status, table, plot, labels = predict(client, bad_images[kind])
+    assert status.startswith("**Error:**") and ERRORS[kind] in status, status
+    assert_clean(status)
+    assert not table["data"] and plot is None and labels is None
+    assert_good_prediction(predict(client, photo))
+
+
+@pytest.mark.parametrize("kind", list(CONVERTED))
+def test_odd_image_is_converted_and_predicted(client, bad_images, photo, kind):
+    result = predict(client, bad_images[kind])
+    assert_good_prediction(result)
+    assert CONVERTED[kind] in result[0]
+    assert_good_prediction(predict(client, photo))
+
+
+def test_bad_image_on_explain_and_flip(client, bad_images, photo):
+    from gradio_client import handle_file
+
+    status, gallery = client.predict(handle_file(str(bad_images["truncated"])), None, api_name="/explain")
+    assert "truncated" in status and not gallery
+    text = handle_file(str(bad_images["text"]))
+    status, gallery, _ = client.predict(text, "gcam", None, api_name="/flip_consistency")
+    assert "not an image" in status and not gallery
+    status, gallery = client.predict(handle_file(str(photo)), None, api_name="/explain")
+    assert len(gallery) == 5
+
+
+def test_missing_image_is_a_message(client):
+    status, *_ = client.predict(None, 0.5, 5, api_name="/predict")
+    assert "Upload an image first" in status
+
+
+# -- a broken checkpoint ----------------------------------------------------------------------------
+def test_broken_checkpoint_is_reported_and_the_others_work(broken_client, photo):
+    from gradio_client import handle_file
+
+    status, *_ = broken_client.predict("", api_name="/load_models")
+    assert "4 of 5 loaded" in status
+    assert "| ssgrl | **not loaded**" in status and "cannot be read as safetensors" in status
+    working = [m for m in VARIANTS if m != "ssgrl"]
+    assert_good_prediction(predict(broken_client, photo), working)
+    _, gallery = broken_client.predict(handle_file(str(photo)), None, api_name="/explain")
+    assert [item["caption"].split(" - ")[0] for item in gallery] == working
+    _, table, _ = broken_client.predict(api_name="/per_class_ap")
+    assert table["headers"] == ["class", *working]
+
+
+def test_missing_variant_folder_is_reported(checkpoints, tmp_path):
+    from mlc.serving import ModelSet
+
+    for name in ("baseline", "gcam"):
+        shutil.copytree(checkpoints / name, tmp_path / name)
+    model_set = ModelSet.load(tmp_path)
+    assert model_set.names == ["baseline", "gcam"]
+    assert set(model_set.problems) == {"ggnn", "ssgrl", "mlgcn"}
+    assert model_set.problems["ggnn"].startswith("missing")
+
+
+def test_a_folder_that_is_one_model(checkpoints):
+    from mlc.serving import ModelSet
+
+    model_set = ModelSet.load(checkpoints / "ssgrl")
+    assert model_set.names == ["ssgrl"] and not model_set.problems
+
+
+# -- one shared backbone ----------------------------------------------------------------------------
+def test_packaged_backbone_is_shared_and_runs_once_per_input(tmp_path):
+    """Checkpoints without their (packaged, frozen) backbone share one module: one pass per input."""
+    import torch
+
+    from mlc.models import create_model
+    from mlc.serving import ModelSet, class_maps, flip_views, model_input, predict_probabilities
+
+    rng = np.random.default_rng(1)
+    stats = label_statistics((rng.random((60, 20)) < 0.3).astype(np.int8), VOC_CLASSES)
+    embeddings = rng.normal(size=(20, 8)).astype(np.float32)
+    for name in ("baseline", "mlgcn"):
+        create_model(name, classes=VOC_CLASSES, backbone="efficientnet_lite0", pretrained=True, label_stats=stats,
+                     embeddings=embeddings).save(tmp_path / name)
+    model_set = ModelSet.load(tmp_path)
+    assert model_set.names == ["baseline", "mlgcn"]
+    (shared,) = model_set.shared
+    assert all(m.model.backbone is shared for m in model_set.methods.values())
+
+    image = Image.open(write_photo(tmp_path / "photo.jpg"))
+    table = predict_probabilities(model_set, image)
+    assert shared.passes == 1
+    reference = create_model("mlgcn", classes=VOC_CLASSES, backbone="efficientnet_lite0", pretrained=True,
+                             label_stats=stats, embeddings=embeddings)
+    reference.load_state_dict(model_set.methods["mlgcn"].model.state_dict(), strict=False)
+    with torch.no_grad():
+        expected = torch.sigmoid(reference.eval()(model_input(image, reference)))[0].numpy()
+    assert table["mlgcn"].loc[VOC_CLASSES].to_numpy() == pytest.approx(expected, abs=1e-5)
+    class_maps(model_set, image, None)
+    assert shared.passes == 2
+    flip_views(model_set, image, "mlgcn", None)
+    assert shared.passes == 4  # the image and its mirror image

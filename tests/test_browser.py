@@ -1,0 +1,110 @@
+"""The app in a real browser (Debian's chromium through Playwright): a bad upload, then a good one,
+predict, every tab, and an example image.
+
+Skipped when /usr/bin/chromium is missing, unless MLC_REQUIRE_BROWSER=1 (CI), where it fails.
+Screenshots go to $MLC_SCREENSHOTS, else to the test's tmp_path.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from test_app import serve, write_checkpoints, write_photo
+
+# Gradio's own queue statistics trip pandas 3 deprecations on every event; they are not ours.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+
+CHROMIUM = Path("/usr/bin/chromium")
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        if os.environ.get("MLC_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{CHROMIUM} is missing and MLC_REQUIRE_BROWSER=1 (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    with serve(checkpoint_dir=write_checkpoints(tmp_path_factory.mktemp("checkpoints"))) as address:
+        yield address
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    folder = Path(os.environ.get("MLC_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_upload_predict_and_every_tab(browser, url, shots, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.locator("#model-status").get_by_text("5 of 5 loaded").wait_for()
+
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("a text file, not an image\n")
+    page.locator("#image input[type=file]").set_input_files(str(notes))
+    page.get_by_role("button", name="Predict", exact=True).click()
+    page.locator("#predict-status").get_by_text("The file is not an image").wait_for()
+    page.screenshot(path=shots / "bad_input.png", full_page=True)
+    page.get_by_role("button", name="Remove Image").click()
+
+    page.locator("#image input[type=file]").set_input_files(str(write_photo(tmp_path / "photo.jpg", (480, 360))))
+    page.locator("#image img").first.wait_for()
+    page.get_by_role("button", name="Predict", exact=True).click()
+    page.locator("#predict-status").get_by_text("5 methods on a 480 x 360 image").wait_for()
+    page.locator("#predict-chart img").wait_for()
+    page.locator("#predict-table").get_by_text("tvmonitor", exact=True).first.wait_for()
+    top = page.locator("#predict-status strong").first.inner_text()
+    page.screenshot(path=shots / "predict.png", full_page=True)
+
+    page.get_by_role("tab", name="Explain").click()
+    page.get_by_role("button", name="Explain", exact=True).click()
+    page.locator("#explain-status").get_by_text(f"Maps for {top}").wait_for()
+    assert _images(page, "#explain-gallery") == 5
+    page.screenshot(path=shots / "explain.png", full_page=True)
+
+    page.get_by_role("tab", name="Flip consistency").click()
+    page.get_by_role("button", name="Compare with the flipped image").click()
+    page.locator("#flip-status").get_by_text(f"Flip consistency for {top}").wait_for()
+    page.locator("#flip-table").get_by_text("Grad-CAM", exact=True).first.wait_for()
+    assert _images(page, "#flip-gallery") == 3
+    page.screenshot(path=shots / "flip.png", full_page=True)
+
+    page.get_by_role("tab", name="Analysis").click()
+    page.locator("#ap-table").get_by_text("mAP", exact=True).first.wait_for()
+    for plot in ("#ap-plot", "#heatmap", "#network", "#tsne-plot"):
+        page.locator(f"{plot} img").wait_for()
+    page.locator("#graph-status").get_by_text("directed edges").wait_for()
+    page.screenshot(path=shots / "analysis.png", full_page=True)
+
+    page.get_by_role("tab", name="Predict").click()
+    page.locator("#examples button.gallery-item").filter(has=page.locator("img[src*='grace_hopper']")).click()
+    page.get_by_role("button", name="Predict", exact=True).click()
+    page.locator("#predict-status").get_by_text("5 methods on a 512 x 600 image").wait_for()
+    page.close()
+
+
+def _images(page, gallery: str) -> int:
+    """Number of distinct images once the gallery shows any (Gradio fills it in one update)."""
+    images = page.locator(f"{gallery} .thumbnail-item img, {gallery} button img")
+    images.first.wait_for()
+    return len({img.get_attribute("src") for img in images.all()})
