@@ -35,10 +35,17 @@ def grad_cam(model, features: torch.Tensor) -> torch.Tensor:
     return torch.stack(maps, dim=1).detach()
 
 
-def explanation_maps(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(logits, per-class maps (B, C, h, w), kind): CAM where it exists, SSGRL attention, else Grad-CAM."""
+def explanation_maps(model, images: torch.Tensor | None = None, features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(logits, per-class maps (B, C, h, w), kind): CAM where it exists, SSGRL attention, else Grad-CAM.
+
+    Give ``features`` (the backbone's maps) instead of ``images`` to reuse one backbone pass.
+    """
     with torch.no_grad():
-        out = model.explain(images)
+        if features is None:
+            out = model.explain(images)
+        else:
+            out = model.forward_head(features, explain=True)
+            out.features = features
     if out.cams is not None:
         return out.logits, out.cams, "CAM"
     if out.attention is not None:
@@ -70,10 +77,22 @@ class FlipConsistency:
         return F.cosine_similarity(a, b, dim=-1, eps=1e-12)
 
 
-def flip_consistency(model, images: torch.Tensor) -> FlipConsistency:
-    """CAM(I) against flip(CAM(flip(I))) (or the model's attention / Grad-CAM maps)."""
-    _, maps, kind = explanation_maps(model, images)
-    _, flipped, _ = explanation_maps(model, images.flip(-1))
+def flip_consistency(
+    model,
+    images: torch.Tensor | None = None,
+    features: torch.Tensor | None = None,
+    flipped_features: torch.Tensor | None = None,
+) -> FlipConsistency:
+    """CAM(I) against flip(CAM(flip(I))) (or the model's attention / Grad-CAM maps).
+
+    Either ``images``, or the backbone maps of the image and of its mirror image.
+    """
+    if features is None or flipped_features is None:
+        _, maps, kind = explanation_maps(model, images)
+        _, flipped, _ = explanation_maps(model, images.flip(-1))
+    else:
+        _, maps, kind = explanation_maps(model, features=features)
+        _, flipped, _ = explanation_maps(model, features=flipped_features)
     return FlipConsistency(maps=maps, flipped_back=flipped.flip(-1), kind=kind)
 
 

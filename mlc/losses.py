@@ -53,10 +53,10 @@ class GCAMLoss:
         scaled_features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """Returns (loss, logits of the untransformed branch, parts for logging)."""
-        weights, bias = model.classifier()
-        logits = model.pool(features) @ weights.t() + bias
-        bce = multilabel_bce(logits, targets, self.difficult_as_positive)
-        cams = class_activation_maps(features, weights)
+        out = model.forward_head(features, explain=True)
+        logits, cams = out.logits, out.cams
+        bce = multilabel_bce(logits.float(), targets, self.difficult_as_positive)
+        weights = model.classifier()[0] if flipped_features is not None or scaled_features is not None else None
         terms = []
         if flipped_features is not None:
             terms.append(attention_consistency_loss(cams, class_activation_maps(flipped_features, weights), "flip"))

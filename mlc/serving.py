@@ -10,7 +10,7 @@ import os
 import struct
 import threading
 import warnings
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -157,12 +157,7 @@ def display_array(image: Image.Image, side: int = DISPLAY_SIDE) -> np.ndarray:
 
 # -- models ---------------------------------------------------------------------------------------
 class SharedBackbone(nn.Module):
-    """One frozen backbone module used by several heads.
-
-    Inside ``reuse_features()`` it hands back the feature map of an input it has already seen, so
-    the five heads, and the library's explanation functions (which call ``model.explain(images)``),
-    cost one backbone pass per distinct input and request.
-    """
+    """One frozen backbone module used by several heads (``ModelSet.features`` runs it once per input)."""
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
@@ -171,31 +166,10 @@ class SharedBackbone(nn.Module):
         self.num_features: int = backbone.num_features
         self.normalization = backbone.normalization
         self.passes = 0  # backbone evaluations so far (the benchmark and tests read it)
-        self._seen: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    @contextmanager
-    def reuse_features(self) -> Iterator[None]:
-        self._seen = []
-        try:
-            yield
-        finally:
-            self._seen = None
-
-    def _lookup(self, images: torch.Tensor) -> torch.Tensor | None:
-        for seen, features in self._seen or ():
-            same_mode = features.is_inference() == torch.is_inference_mode_enabled()
-            if same_mode and seen.shape == images.shape and torch.equal(seen, images):
-                return features
-        return None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self._lookup(images)
-        if features is None:
-            self.passes += 1
-            features = self.inner(images)
-            if self._seen is not None:
-                self._seen.append((images, features))
-        return features
+        self.passes += 1
+        return self.inner(images)
 
 
 def share_backbones(models: Mapping[str, MultiLabelModel]) -> list[SharedBackbone]:
@@ -332,11 +306,22 @@ class ModelSet:
 
     @contextmanager
     def session(self) -> Iterator[None]:
-        """One request at a time on the models (the cores are already busy) with features reused."""
-        with self._lock, ExitStack() as stack:
-            for backbone in self.shared:
-                stack.enter_context(backbone.reuse_features())
+        """One request at a time on the models (the cores are already busy)."""
+        with self._lock:
             yield
+
+    @torch.no_grad()
+    def features(self, inputs: Mapping[str, torch.Tensor], flipped: bool = False) -> dict[str, torch.Tensor]:
+        """Each method's backbone maps; methods sharing a backbone and an input share one pass."""
+        computed: dict[tuple[int, int], torch.Tensor] = {}
+        out = {}
+        for name, m in self.methods.items():
+            key = (id(m.model.backbone), id(inputs[name]))  # inputs() gives equal preprocessing one tensor
+            if key not in computed:
+                x = inputs[name].flip(-1) if flipped else inputs[name]
+                computed[key] = m.model.forward_features(x)
+            out[name] = computed[key]
+        return out
 
     def inputs(self, image: Image.Image) -> dict[str, torch.Tensor]:
         """Each method's input tensor; methods with the same preprocessing get the same tensor."""
@@ -391,9 +376,10 @@ def status_markdown(model_set: ModelSet) -> str:
 def predict_probabilities(model_set: ModelSet, image: Image.Image) -> pd.DataFrame:
     """(classes x methods) sigmoid scores plus their mean, sorted by the mean (NaN: class unknown to a model)."""
     model_set.require_models()
-    with model_set.session(), torch.inference_mode():
-        inputs = model_set.inputs(image)
-        table = _score_table(model_set, {name: m.model(inputs[name]) for name, m in model_set.methods.items()})
+    with model_set.session(), torch.no_grad():
+        features = model_set.features(model_set.inputs(image))
+        logits = {name: m.model.forward_head(features[name]).logits for name, m in model_set.methods.items()}
+        table = _score_table(model_set, logits)
     table["mean"] = table.mean(axis=1)
     return table.sort_values("mean", ascending=False, kind="stable")
 
@@ -466,8 +452,8 @@ def class_maps(model_set: ModelSet, image: Image.Image, class_name: str | None) 
     """Every method's explanation map (``mlc.explain.explanation_maps`` picks its kind) for one class."""
     model_set.require_models()
     with model_set.session():
-        inputs = model_set.inputs(image)
-        results = {n: explanation_maps(m.model, inputs[n]) for n, m in model_set.methods.items()}
+        features = model_set.features(model_set.inputs(image))
+        results = {n: explanation_maps(m.model, features=features[n]) for n, m in model_set.methods.items()}
     mean_scores = _score_table(model_set, {n: r[0] for n, r in results.items()}).mean(axis=1)
     chosen = resolve_class(model_set, class_name, mean_scores)
     maps = []
@@ -503,11 +489,13 @@ def flip_views(model_set: ModelSet, image: Image.Image, method: str, class_name:
     shown = model_set.method(method).name
     with model_set.session():
         inputs = model_set.inputs(image)
+        features, mirrored = model_set.features(inputs), model_set.features(inputs, flipped=True)
         with torch.no_grad():
-            logits = {n: m.model(inputs[n]) for n, m in model_set.methods.items()}
+            logits = {n: m.model.forward_head(features[n]).logits for n, m in model_set.methods.items()}
         chosen = resolve_class(model_set, class_name, _score_table(model_set, logits).mean(axis=1))
         consistency = {
-            n: flip_consistency(m.model, inputs[n]) for n, m in model_set.methods.items() if chosen in m.model.classes
+            n: flip_consistency(m.model, features=features[n], flipped_features=mirrored[n])
+            for n, m in model_set.methods.items() if chosen in m.model.classes
         }
     if shown not in consistency:
         raise RequestError(f"{shown} has no class {chosen!r}.")

@@ -73,3 +73,20 @@ def test_overlay_shape_dtype_and_constant_map():
     assert out.shape == (40, 60, 3) and out.dtype == np.uint8
     assert not np.isnan(normalize_map(np.ones((3, 3)))).any()
     np.testing.assert_array_equal(normalize_map(np.ones((3, 3))), 0)
+
+
+def test_maps_from_precomputed_features_equal_maps_from_images(tiny_setup):
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 64, 64)
+    for name in ["baseline", "ggnn", "ssgrl", "gcam"]:
+        model = tiny_model(name, tiny_setup).eval()
+        with torch.no_grad():
+            features, flipped = model.forward_features(images), model.forward_features(images.flip(-1))
+        logits_a, maps_a, kind_a = explanation_maps(model, images)
+        logits_b, maps_b, kind_b = explanation_maps(model, features=features)
+        assert kind_a == kind_b
+        torch.testing.assert_close(logits_a, logits_b)
+        torch.testing.assert_close(maps_a, maps_b)
+        fa, fb = flip_consistency(model, images), flip_consistency(model, features=features, flipped_features=flipped)
+        torch.testing.assert_close(fa.flipped_back, fb.flipped_back)
+        torch.testing.assert_close(fa.score, fb.score)

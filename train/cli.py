@@ -6,7 +6,8 @@
   python -m train push runs/default [--repo user/repo] [--dry-run]
   python -m train report runs/default
 
-Values come from ``train/configs/<dataset>/<variant>.yaml`` (or ``--config FILE``); flags override.
+Values come from ``train/configs/<dataset>/<variant>.yaml`` (or ``--config FILE``, or
+``--config-dir DIR`` with one ``<variant>.yaml`` per variant, e.g. ``train/configs/voc2007-cpu``); flags override.
 Launch with ``torchrun --nproc-per-node N -m train ...`` for several GPUs (DistributedDataParallel).
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from train.config import (
 def _preparse(argv: list[str]) -> argparse.Namespace:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
+    pre.add_argument("--config-dir")
     pre.add_argument("--dataset", default="voc2007")
     pre.add_argument("--variant", default="baseline")
     return pre.parse_known_args(argv)[0]
@@ -35,14 +37,20 @@ def config_for(argv: list[str], variant: str | None = None, prog: str = "python 
     """Resolve YAML (base chain) -> argparse defaults -> flags, for one variant; also --resume."""
     pre = _preparse(argv)
     variant = variant or pre.variant
-    path = Path(pre.config) if pre.config else config_path_for(pre.dataset, variant)
-    values = load_yaml(path) if path.is_file() or pre.config else {}
+    if pre.config:
+        path = Path(pre.config)
+    elif pre.config_dir:
+        path = Path(pre.config_dir) / f"{variant}.yaml"
+    else:
+        path = config_path_for(pre.dataset, variant)
+    values = load_yaml(path) if path.is_file() or pre.config or pre.config_dir else {}
     if variant and "variant" not in values:
         values["variant"] = variant
     if not pre.config and not path.is_file():
         print(f"note: no config file {path}; using the built-in defaults", file=sys.stderr)
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--config", help="YAML config (default: train/configs/<dataset>/<variant>.yaml)")
+    parser.add_argument("--config-dir", help="folder of <variant>.yaml files, e.g. train/configs/voc2007-cpu")
     parser.add_argument("--resume", action="store_true", help="continue the run in its folder from its last checkpoint")
     add_config_arguments(parser, values)
     args = parser.parse_args(argv)

@@ -1,6 +1,7 @@
 """Training configuration: a dataclass whose defaults come from YAML files, overridden by flags.
 
-A YAML file may name a ``base:`` file (relative to itself); keys are merged base-first. Every
+A YAML file may name a ``base:`` file, or a list of them (relative to itself); keys are merged
+base-first, left to right. Every
 dataclass field becomes a ``--flag`` whose default is the YAML value, so the command line always
 wins; the fully resolved config is written into every run folder.
 """
@@ -116,10 +117,11 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
-    base = data.pop("base", None)
-    if base is None:
-        return data
-    return _merge(load_yaml(path.parent / base, _seen + (path,)), data)
+    bases = data.pop("base", None) or []
+    merged: dict[str, Any] = {}
+    for base in [bases] if isinstance(bases, str) else bases:  # several bases merge left to right
+        merged = _merge(merged, load_yaml(path.parent / base, _seen + (path,)))
+    return _merge(merged, data)
 
 
 def config_path_for(dataset: str, variant: str) -> Path:

@@ -38,7 +38,7 @@ class FeatureSet:
 
 
 def cache_key(backbone: str, image_size: int, dataset: MultiLabelDataset, view: str, scale: int | None) -> str:
-    blob = json.dumps([backbone, image_size, [str(p) for p in dataset.image_paths], view, scale]).encode()
+    blob = json.dumps([backbone, image_size, [str(p.resolve()) for p in dataset.image_paths], view, scale]).encode()
     return hashlib.sha1(blob).hexdigest()[:16]
 
 

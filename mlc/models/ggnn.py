@@ -19,7 +19,7 @@ from mlc.stats import LabelStatistics
 
 @register_model("ggnn")
 class GGNNClassifier(MultiLabelModel):
-    defaults = {"state_dim": 10, "steps": 3, "graph_tau": 0.1, "graph_p": 0.1}
+    defaults = {"state_dim": 10, "steps": 3, "graph_tau": 0.1, "graph_p": 0.1, "dropout": 0.0}
 
     def __init__(self, *args, knowledge_graph=None, **kwargs):
         """``knowledge_graph``: a ``mlc.graph.KnowledgeGraph`` (e.g. Visual Genome) whose first C nodes are the labels."""
@@ -29,6 +29,7 @@ class GGNNClassifier(MultiLabelModel):
             raise ValueError("ggnn needs label_stats (training-split counts), a knowledge graph, or a saved graph")
         num_nodes = self.graph["a_in"].shape[0]
         s = self.params["state_dim"]
+        self.dropout = nn.Dropout(self.params["dropout"])  # on pooled features
         self.to_nodes = nn.Linear(self.num_features, num_nodes)
         self.ggnn = GatedGraphNetwork(
             s, torch.from_numpy(self.graph["a_in"]), torch.from_numpy(self.graph["a_out"]), steps=self.params["steps"]
@@ -50,7 +51,7 @@ class GGNNClassifier(MultiLabelModel):
         return {"nodes": list(kg.nodes), "a_in": kg.a_in, "a_out": kg.a_out, "source": source}
 
     def forward_head(self, features: torch.Tensor, explain: bool = False) -> ModelOutput:
-        h0 = self.to_nodes(self.pool(features))  # (B, V)
+        h0 = self.to_nodes(self.dropout(self.pool(features)))  # (B, V)
         h = h0.unsqueeze(-1).expand(-1, -1, self.params["state_dim"]).contiguous()
         h_t = self.ggnn(h)
         return ModelOutput(logits=self.output(torch.cat([h0, h_t.flatten(1)], dim=1)))

@@ -20,7 +20,7 @@ from mlc.stats import LabelStatistics
 @register_model("mlgcn")
 class MLGCN(MultiLabelModel):
     has_cam = True
-    defaults = {"tau": 0.4, "p": 0.25, "adjacency_style": "paper", "hidden_dim": None, "negative_slope": 0.2}
+    defaults = {"tau": 0.4, "p": 0.25, "adjacency_style": "paper", "hidden_dim": None, "negative_slope": 0.2, "dropout": 0.0}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -35,6 +35,7 @@ class MLGCN(MultiLabelModel):
         self.gc2 = GraphConvolution(hidden, self.num_features)
         self.act = nn.LeakyReLU(self.params["negative_slope"])
         self.bias = nn.Parameter(torch.zeros(self.num_classes))
+        self.dropout = nn.Dropout(self.params["dropout"])  # on pooled features; regularises frozen-feature training
 
     def build_graph(self, label_stats):
         if label_stats is None:
@@ -51,7 +52,7 @@ class MLGCN(MultiLabelModel):
 
     def forward_head(self, features: torch.Tensor, explain: bool = False) -> ModelOutput:
         weights, bias = self.classifier()
-        logits = self.pool(features) @ weights.t() + bias
+        logits = self.dropout(self.pool(features)) @ weights.t() + bias
         cams = class_activation_maps(features, weights) if explain else None
         return ModelOutput(logits=logits, cams=cams)
 
