@@ -162,8 +162,10 @@ class Handlers:
         """Co-occurrence P(j|i) of a model's training split and its re-weighted graph A'' for tau, p."""
         name, stats = serving.label_statistics(self.models, method)
         weights, edges = serving.reweighted_graph(stats, tau, p)
+        params = self.models.method(name).model.params
+        trained = f" {name} was trained with tau = {params['tau']}, p = {params['p']}." if "tau" in params else ""
         status = (f"Label statistics of **{name}** ({stats.num_images} training images). "
-                  f"tau = {tau:.2f} keeps **{edges}** directed edges; p = {p:.2f} is what neighbours share.")
+                  f"tau = {tau:.2f} keeps **{edges}** directed edges; p = {p:.2f} is what neighbours share.{trained}")
         return status, serving.cooccurrence_heatmap(stats), serving.graph_figure(stats, weights, tau, p, edges)
 
     @guarded(outputs=1)

@@ -63,6 +63,8 @@ def test_run_folder_contents(trained_group, variant):
     assert result["split"] == "val" and result["num_images"] == 8 and result["selected_epoch"] in (1, 2)
     assert len(metrics["ap"]) == 20 and 0 <= metrics["map"] <= 1 and 0 <= metrics["map_voc"] <= 1
     assert set(metrics["classes_without_positives"]) == set(metrics["classes"][5:])  # fixture uses 5 classes
+    card = (run / "model" / "README.md").read_text()
+    assert f"{100 * metrics['map']:.1f}" in card and "load_model" in card
 
 
 def test_report_compares_every_variant(trained_group):

@@ -410,7 +410,12 @@ class Trainer:
             "split_info": self.split_info.summary(), "metrics": report.to_dict(),
         }
         if self.env.is_main:
+            from mlc.hub import model_card
+
             text = json.dumps(result, indent=1)
             (self.run_dir / "eval.json").write_text(text)
             (self.run_dir / "model" / "eval.json").write_text(text)
+            config = json.loads((self.run_dir / "model" / "config.json").read_text())
+            card = model_card(config, result, cfg.to_dict(), self.split_info.summary(), repo_id=None)
+            (self.run_dir / "model" / "README.md").write_text(card)
         return result
