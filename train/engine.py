@@ -30,7 +30,7 @@ from mlc.metrics import evaluate
 from mlc.models import MultiLabelModel, create_model, load_model
 from mlc.stats import label_statistics
 from train.config import TrainConfig, save_config
-from train.data import RunSplits, SplitInfo, build_splits
+from train.data import build_splits
 from train.distributed import DistEnv
 from train.features import FeatureSet, cache_key, cached_tensor, extract_view, scale_images
 

@@ -33,9 +33,6 @@ class FeatureSet:
     flipped: torch.Tensor | None = None
     scaled: torch.Tensor | None = None
 
-    def __len__(self) -> int:
-        return self.features.shape[0]
-
 
 def cache_key(backbone: str, image_size: int, dataset: MultiLabelDataset, view: str, scale: int | None) -> str:
     blob = json.dumps([backbone, image_size, [str(p.resolve()) for p in dataset.image_paths], view, scale]).encode()
