@@ -66,57 +66,14 @@ def _plain(obj: Any) -> Any:
 
 
 def _describe_variant(name: str, params: Mapping[str, Any], pooling: str) -> str:
-    """One paragraph on what the variant computes, with this checkpoint's hyper-parameters."""
-    pooled = f"globally {pooling}-pooled"
-    if name == "baseline":
-        return (
-            f"**baseline**: the backbone's last feature map is {pooled} and one linear layer gives one "
-            "logit per label. Labels are predicted independently: no label graph, no label embeddings. "
-            "It is the reference the graph variants have to beat."
-        )
-    if name == "ggnn":
-        return (
-            "**ggnn**: a gated graph neural network over a knowledge graph (Marino et al. 2017, in Viel's "
-            f"variant). The {pooled} image features are mapped by a linear layer to one score per graph "
-            f"node; each score is repeated into a {params.get('state_dim', '?')}-dimensional node state and "
-            f"propagated for {params.get('steps', '?')} steps along incoming and outgoing edges (A_in, "
-            "A_out) with GRU-style gated updates. A linear layer over the initial node scores and the "
-            "flattened final node states gives the label logits. The graph comes from Visual Genome "
-            "relationships when available, otherwise from the training split's label co-occurrence; "
-            "see *Label graph* below."
-        )
-    if name == "ssgrl":
-        return (
-            "**ssgrl**: semantic-specific graph representation learning (Chen et al. 2019). *Semantic "
-            "decoupling*: for every label, an attention map over the feature-map positions, guided by the "
-            f"label's word embedding (low-rank bilinear, hidden size {params.get('hidden_dim', '?')}), "
-            "pools one feature vector per label. *Semantic interaction*: a gated graph neural network over "
-            "the labels, initialised with those vectors"
-            + (f" (first projected to {params['interaction_dim']} dimensions)" if params.get("interaction_dim") else "")
-            + ", propagates for "
-            f"{params.get('steps', '?')} steps along the training split's conditional probabilities "
-            "P(j | i) (incoming) and their transpose (outgoing), without a threshold. Each label's logit "
-            "is a linear function of its decoupled feature and its final graph state."
-        )
-    if name in ("mlgcn", "gcam"):
-        text = (
-            f"**{name}**: ML-GCN (Chen et al. 2019). A two-layer graph convolutional network maps the "
-            "label word embeddings through the re-weighted label co-occurrence graph A'' "
-            "(embedding size -> N/2 -> N, LeakyReLU between the layers) to one N-dimensional classifier "
-            f"per label; a label's logit is the dot product of the {pooled} image feature with its "
-            "classifier (plus a bias). Labels that co-occur get related classifiers through the graph."
-        )
-        if name == "gcam":
-            scales = params.get("scales") or []
-            text += (
-                " **G-CAM** (ICMR 2021) keeps this network and changes the training: an attention "
-                "consistency loss asks the class activation maps of an image and of its transformed copy "
-                f"(horizontal flip; a second scale, {' and '.join(str(s) for s in scales) or '?'} px) to "
-                "agree once mapped back, with loss = (1 - lambda) BCE + lambda consistency, lambda = "
-                f"{params.get('consistency_weight', '?')}. Inference is the single-branch ML-GCN forward pass."
-            )
-        return text
-    return f"**{name}**: no description available for this variant."
+    """One paragraph on what the variant computes; the text belongs to the variant (``describe``)."""
+    from mlc.models.registry import get_model_class
+    import mlc.models  # noqa: F401  (registers the variants)
+
+    try:
+        return get_model_class(name).describe(dict(params), pooling)
+    except ValueError:
+        return f"**{name}**: no description available for this variant."
 
 
 def _front_matter(variant: str, dataset: str | None) -> str:

@@ -39,10 +39,19 @@ def attention_consistency_loss(maps: torch.Tensor, maps_of_transformed: torch.Te
 
 @dataclass
 class GCAMLoss:
-    """(1 - lambda) BCE + lambda L_A, L_A averaged over the flip and scale branches present."""
+    """(1 - lambda) BCE + lambda L_A, with L_A the SUM of the flip and scale branches present.
+
+    G-CAM (eq. 5) adds the two consistency terms, so each carries the full lambda; ``reduction=
+    "mean"`` averages them instead (each gets lambda / 2), the form this project used before.
+    """
 
     weight: float = 0.4
     difficult_as_positive: bool = True
+    reduction: str = "sum"  # "sum" (paper) | "mean"
+
+    def __post_init__(self) -> None:
+        if self.reduction not in ("sum", "mean"):
+            raise ValueError(f"G-CAM consistency reduction must be 'sum' or 'mean', got {self.reduction!r}")
 
     def __call__(
         self,
@@ -51,8 +60,12 @@ class GCAMLoss:
         targets: torch.Tensor,
         flipped_features: torch.Tensor | None = None,
         scaled_features: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-        """Returns (loss, logits of the untransformed branch, parts for logging)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Returns (loss, logits of the untransformed branch, detached parts for logging).
+
+        The parts stay tensors on the device: reading them (``.item()``) is the caller's choice,
+        so a training step does not wait for the GPU.
+        """
         out = model.forward_head(features, explain=True)
         logits, cams = out.logits, out.cams
         bce = multilabel_bce(logits.float(), targets, self.difficult_as_positive)
@@ -63,7 +76,8 @@ class GCAMLoss:
         if scaled_features is not None:
             terms.append(attention_consistency_loss(cams, class_activation_maps(scaled_features, weights), "scale"))
         if not terms:
-            return bce, logits, {"bce": bce.item()}
-        consistency = torch.stack(terms).mean()
+            return bce, logits, {"bce": bce.detach()}
+        stacked = torch.stack([t.float() for t in terms])
+        consistency = stacked.sum() if self.reduction == "sum" else stacked.mean()
         loss = (1 - self.weight) * bce + self.weight * consistency
-        return loss, logits, {"bce": bce.item(), "consistency": consistency.item()}
+        return loss, logits, {"bce": bce.detach(), "consistency": consistency.detach()}

@@ -12,6 +12,12 @@ Conventions (see docs/CONTRACTS.md):
   for that column.
 - All results are fractions in [0, 1], not percentages.
 
+Is a difference between two models real? ``paired_bootstrap`` resamples the evaluation images
+with replacement (the same resampled images for both models) and gives a percentile interval for
+the mAP difference; see its docstring. It never builds the resampled arrays: AP on a resample with
+duplicated images equals AP with each image weighted by how often it was drawn
+(``weighted_average_precision``), so a model needs one sort per class, not one per resample.
+
 Two AP definitions (both reported, because papers differ):
 - ``"sklearn"``: non-interpolated AP, identical to ``sklearn.metrics.average_precision_score``
   (tied scores form one threshold). ML-GCN and ASL report this.
@@ -24,18 +30,25 @@ Two AP definitions (both reported, because papers differ):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 __all__ = [
+    "BootstrapResult",
     "MetricReport",
     "average_precision",
+    "bootstrap_counts",
+    "bootstrap_versus_reference",
     "classes_without_positives",
     "evaluate",
     "mean_average_precision",
+    "paired_bootstrap",
+    "resampled_map",
+    "seed_summary",
     "threshold_metrics",
+    "weighted_average_precision",
 ]
 
 AP_MODES = ("sklearn", "voc")
@@ -299,3 +312,272 @@ def evaluate(scores: Any, targets: Any, classes: Sequence[str] | None = None) ->
         classes_without_positives=[names[c] for c in np.flatnonzero(np.isnan(ap))],
         num_images=int(s.shape[0]),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds and the paired bootstrap
+# ---------------------------------------------------------------------------------------------
+
+
+def seed_summary(values: Sequence[float | None]) -> tuple[float, float, int]:
+    """``(mean, std, n)`` of one metric over seeds; ``std`` is the sample std (ddof=1).
+
+    None / nan values (an undefined metric) are left out and not counted in ``n``. ``std`` is nan
+    when n < 2 (the spread is unknown from one seed) and ``mean`` is nan when n == 0.
+    """
+    v = np.array([math.nan if x is None else float(x) for x in values], dtype=np.float64)
+    v = v[~np.isnan(v)]
+    n = int(v.size)
+    mean = float(v.mean()) if n else math.nan
+    std = float(v.std(ddof=1)) if n >= 2 else math.nan
+    return mean, std, n
+
+
+def bootstrap_counts(num_images: int, num_samples: int = 1000, seed: int = 0) -> np.ndarray:
+    """How often each image is drawn in each bootstrap resample: int32 array (num_samples, num_images).
+
+    The draws are exactly ``np.random.default_rng(seed).integers(0, num_images, size=(num_samples,
+    num_images))`` (row b = the image indices of resample b), so an explicit resampling loop with
+    the same call sees the same resamples.
+    """
+    if num_images < 1 or num_samples < 1:
+        raise ValueError(f"need num_images >= 1 and num_samples >= 1; got {num_images}, {num_samples}")
+    idx = np.random.default_rng(seed).integers(0, num_images, size=(num_samples, num_images))
+    flat = idx + num_images * np.arange(num_samples)[:, None]
+    counts = np.bincount(flat.ravel(), minlength=num_samples * num_images)
+    return counts.reshape(num_samples, num_images).astype(np.int32)
+
+
+def _validate_weights(weights: Any, num_images: int) -> tuple[np.ndarray, bool]:
+    w = np.asarray(weights)
+    single = w.ndim == 1
+    if single:
+        w = w[None, :]
+    if w.ndim != 2 or w.shape[1] != num_images:
+        raise ValueError(f"weights must have shape (N,) or (B, N) with N = {num_images}; got {np.shape(weights)}")
+    if not np.issubdtype(w.dtype, np.number) or np.iscomplexobj(w):
+        raise ValueError(f"weights must be real numbers; got dtype {w.dtype}")
+    if np.isnan(w).any() or (w < 0).any():
+        raise ValueError("weights must be non-negative numbers (no NaN)")
+    return w, single
+
+
+def _weighted_ap(s: np.ndarray, t: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Non-interpolated AP per (weighting, class) for weights ``w`` of shape (B, N); returns (B, C).
+
+    For one positive of score q, tp(q) / fp(q) are the weights of positives / negatives scoring
+    >= q (a tie group is one threshold, as in scikit-learn), and
+    AP_b = sum_k w_bk * tp_bk / (tp_bk + fp_bk) / sum_k w_bk over the positives k. Per class, the
+    orders (positives by score, all non-ignored entries by score) and, for each positive, where its
+    tie group ends and how many entries score >= q do not depend on the weights, so every weighting
+    costs two cumulative sums along those fixed orders plus gathers. With integer weights this is
+    AP on the data set in which image i appears w_i times.
+    """
+    num_classes = s.shape[1]
+    num_rows = w.shape[0]
+    if np.issubdtype(w.dtype, np.integer):
+        # int32 cumulative sums along contiguous rows are several times faster than int64 ones
+        acc = np.int32 if int(w.sum(axis=1, dtype=np.int64).max()) < 2**31 else np.int64
+    else:
+        acc = np.float64
+    w = np.ascontiguousarray(w, dtype=acc)
+    ap = np.full((num_rows, num_classes), np.nan)
+    for c in range(num_classes):
+        col, tc = s[:, c], t[:, c]
+        pos = np.flatnonzero(tc == 1)
+        if pos.size == 0:
+            continue
+        pos = pos[np.argsort(-col[pos], kind="stable")]
+        q = col[pos]  # descending
+        run_end = np.ones(q.size, dtype=bool)  # last positive of each equal-score run
+        run_end[:-1] = q[1:] != q[:-1]
+        end = np.minimum.accumulate(np.where(run_end, np.arange(q.size), q.size - 1)[::-1])[::-1]
+        valid = np.flatnonzero(tc != -1)
+        valid_scores = col[valid]
+        ascending = np.argsort(valid_scores, kind="stable")
+        at_least = valid.size - np.searchsorted(valid_scores[ascending], q, side="left")  # entries >= q (>= 1)
+        w_pos = np.take(w, pos, axis=1)  # (B, P), C-contiguous
+        tp = np.cumsum(w_pos, axis=1, dtype=acc)[:, end]
+        total = np.cumsum(np.take(w, valid[ascending[::-1]], axis=1), axis=1, dtype=acc)[:, at_least - 1]
+        precision = tp / np.where(total > 0, total, 1)  # 0 only where the positive's weight is 0 too
+        den = w_pos.sum(axis=1, dtype=np.float64)
+        num = np.einsum("bp,bp->b", w_pos.astype(np.float64), precision)
+        ok = den > 0
+        ap[ok, c] = num[ok] / den[ok]
+    return ap
+
+
+def weighted_average_precision(scores: Any, targets: Any, weights: Any) -> np.ndarray:
+    """Per-class non-interpolated (scikit-learn) AP with non-negative per-image weights.
+
+    ``weights`` of shape (N,) gives (C,); shape (B, N) gives (B, C), one row per weighting. With
+    integer weights the result equals ``average_precision`` on the rows repeated ``w_i`` times
+    (what a bootstrap resample is), ties included; all-ones weights give ``average_precision``.
+    nan where a class has no positive of positive weight. Targets -1 are ignored as usual.
+    """
+    s, t = _validate(scores, targets)
+    w, single = _validate_weights(weights, s.shape[0])
+    ap = _weighted_ap(s, t, w)
+    return ap[0] if single else ap
+
+
+def _nanmean_rows(ap: np.ndarray) -> np.ndarray:
+    ok = ~np.isnan(ap)
+    n = ok.sum(axis=1)
+    total = np.where(ok, ap, 0.0).sum(axis=1)
+    return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+
+
+def _score_list(scores: Any, shape: tuple[int, ...], name: str) -> list[np.ndarray]:
+    """One (N, C) array per seed: a single array, or a list / tuple of them."""
+    items = list(scores) if isinstance(scores, (list, tuple)) else [scores]
+    if not items:
+        raise ValueError(f"{name}: need at least one score array")
+    out = []
+    for i, item in enumerate(items):
+        arr = np.asarray(item)
+        if arr.shape != shape:
+            raise ValueError(f"{name}[{i}] has shape {arr.shape}; expected {shape} like the targets")
+        out.append(arr)
+    return out
+
+
+def resampled_map(scores: Any, targets: Any, counts: Any) -> np.ndarray:
+    """mAP on each resample, shape (B,): ``counts`` (B, N) from ``bootstrap_counts``.
+
+    ``scores`` is one (N, C) array or a list of them (one per seed); with several, a resample's mAP
+    is the mean over the seeds' mAPs on that resample. Classes without a positive in a resample are
+    left out of its mAP (nan if none has one).
+    """
+    t = np.asarray(targets)
+    if t.ndim != 2:
+        raise ValueError(f"targets must be 2-D (N images, C classes); got shape {t.shape}")
+    w, _ = _validate_weights(counts, t.shape[0])
+    per_seed = []
+    for arr in _score_list(scores, t.shape, "scores"):
+        s, tt = _validate(arr, t)
+        per_seed.append(_nanmean_rows(_weighted_ap(s, tt, w)))
+    return np.mean(per_seed, axis=0)
+
+
+@dataclass
+class BootstrapResult:
+    """Paired bootstrap of the mAP difference ``B - A`` (fractions, not percent).
+
+    - ``difference``: mAP_B - mAP_A on the full evaluation set (each mAP a mean over that model's
+      seeds); ``map_a`` / ``map_b`` are those two means.
+    - ``low`` / ``high``: percentile interval (``confidence``, e.g. 2.5th and 97.5th percentile,
+      numpy's default linear interpolation) of the resampled differences.
+    - ``p_value``: two-sided bootstrap p-value, ``min(1, 2 * min(share(d <= 0), share(d >= 0)))``
+      over the resampled differences d: small when nearly all resamples agree on the sign. It is 1
+      for identical models; it is not below 2 / num_samples unless every resample has one strict sign
+      (then 0: report it as "< 1 / num_samples").
+    - ``num_samples``: resamples drawn; ``num_valid`` of them had a defined mAP (normally all).
+    - ``differences``: the resampled differences, shape (num_samples,) (not in ``to_dict``).
+    """
+
+    difference: float
+    low: float
+    high: float
+    p_value: float
+    map_a: float
+    map_b: float
+    num_samples: int
+    num_valid: int
+    confidence: float
+    seed: int
+    num_images: int
+    num_seeds_a: int
+    num_seeds_b: int
+    differences: np.ndarray = field(repr=False, compare=False)
+
+    @property
+    def verdict(self) -> str:
+        """``"better"`` (interval above 0), ``"worse"`` (below 0) or ``"not distinguishable"``."""
+        if self.low > 0:
+            return "better"
+        if self.high < 0:
+            return "worse"
+        return "not distinguishable"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict of the scalar fields plus ``verdict`` (nan becomes None)."""
+        out: dict[str, Any] = {}
+        for k, v in asdict(self).items():
+            if k == "differences":
+                continue
+            out[k] = None if isinstance(v, float) and math.isnan(v) else v
+        out["verdict"] = self.verdict
+        return out
+
+
+def _full_map(scores: list[np.ndarray], targets: np.ndarray) -> float:
+    return float(np.mean([mean_average_precision(s, targets) for s in scores]))
+
+
+def _result(diffs: np.ndarray, map_a: float, map_b: float, confidence: float, seed: int,
+            num_images: int, n_a: int, n_b: int) -> BootstrapResult:
+    finite = diffs[~np.isnan(diffs)]
+    alpha = 1.0 - confidence
+    if finite.size:
+        low, high = (float(x) for x in np.quantile(finite, [alpha / 2, 1 - alpha / 2]))
+        p = float(min(1.0, 2.0 * min(np.mean(finite <= 0), np.mean(finite >= 0))))
+    else:
+        low = high = p = math.nan
+    return BootstrapResult(
+        difference=map_b - map_a, low=low, high=high, p_value=p, map_a=map_a, map_b=map_b,
+        num_samples=int(diffs.size), num_valid=int(finite.size), confidence=float(confidence),
+        seed=int(seed), num_images=int(num_images), num_seeds_a=n_a, num_seeds_b=n_b, differences=diffs,
+    )
+
+
+def bootstrap_versus_reference(
+    reference: Any,
+    candidates: Mapping[str, Any],
+    targets: Any,
+    num_samples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, BootstrapResult]:
+    """``paired_bootstrap(reference, candidate, ...)`` for every candidate, on the same resamples.
+
+    The reference's resampled mAPs are computed once; each result equals the corresponding
+    ``paired_bootstrap`` call with the same ``seed``.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1); got {confidence}")
+    t = np.asarray(targets)
+    if t.ndim != 2:
+        raise ValueError(f"targets must be 2-D (N images, C classes); got shape {t.shape}")
+    ref = _score_list(reference, t.shape, "reference scores")
+    others = {name: _score_list(s, t.shape, f"scores of {name!r}") for name, s in candidates.items()}
+    counts = bootstrap_counts(t.shape[0], num_samples, seed)
+    ref_samples = resampled_map(ref, t, counts)
+    ref_map = _full_map(ref, t)
+    out = {}
+    for name, scores in others.items():
+        diffs = resampled_map(scores, t, counts) - ref_samples
+        out[name] = _result(diffs, ref_map, _full_map(scores, t), confidence, seed, t.shape[0], len(ref), len(scores))
+    return out
+
+
+def paired_bootstrap(
+    scores_a: Any,
+    scores_b: Any,
+    targets: Any,
+    num_samples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> BootstrapResult:
+    """Paired bootstrap over images of the mAP difference ``mAP(B) - mAP(A)``.
+
+    ``scores_a`` / ``scores_b`` are (N, C) arrays or lists of them (one per training seed; the two
+    lists may differ in length); ``targets`` (N, C) in {1, 0, -1} is shared. Each resample draws N
+    image indices with replacement (``bootstrap_counts``: the same indices for both models and all
+    seeds); a model's mAP on it is the mean over its seeds of ``mean_average_precision`` (scikit-
+    learn AP, -1 ignored, classes without a positive in the resample left out) on the resampled
+    rows. The interval is the percentile interval of the resampled differences, so it reflects the
+    finite evaluation set (and, with several seeds, averages out seed noise in the means); it does
+    not measure seed-to-seed spread. See ``BootstrapResult`` for the fields and the p-value.
+    """
+    return bootstrap_versus_reference(scores_a, {"b": scores_b}, targets, num_samples, seed, confidence)["b"]

@@ -11,10 +11,16 @@ from sklearn.metrics import average_precision_score
 
 from mlc.metrics import (
     average_precision,
+    bootstrap_counts,
+    bootstrap_versus_reference,
     classes_without_positives,
     evaluate,
     mean_average_precision,
+    paired_bootstrap,
+    resampled_map,
+    seed_summary,
     threshold_metrics,
+    weighted_average_precision,
 )
 
 
@@ -243,3 +249,142 @@ def test_invalid_arguments_raise_value_error() -> None:
         threshold_metrics(SCORES, TARGETS, top_k=0)
     with pytest.raises(ValueError, match="class names"):
         evaluate(SCORES, TARGETS, classes=["a"])
+
+
+# --- paired bootstrap ------------------------------------------------------------------------
+
+
+def _tied(seed: int, n: int = 40, c: int = 6, strength: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Scores rounded to 1 decimal (many ties, positives tied with negatives) and ~10% ignored targets."""
+    scores, targets = _random(seed, n=n, c=c, ignored=0.1)
+    rng = np.random.default_rng(seed + 100)
+    scores = np.round(np.clip(strength * (targets == 1) + rng.random((n, c)), 0, 1), 1)
+    return scores, targets
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_weighted_ap_with_integer_weights_equals_ap_on_repeated_rows(seed: int) -> None:
+    scores, targets = _tied(seed)
+    rng = np.random.default_rng(seed)
+    weights = rng.integers(0, 4, size=(5, len(scores)))  # zeros drop images, >1 duplicates them
+    weights[0] = 1
+    got = weighted_average_precision(scores, targets, weights)
+    assert got.shape == (5, scores.shape[1])
+    for w, row in zip(weights, got):
+        rows = np.repeat(np.arange(len(scores)), w)
+        np.testing.assert_allclose(row, average_precision(scores[rows], targets[rows]), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got[0], average_precision(scores, targets), rtol=0, atol=1e-12)
+    s32 = scores.astype(np.float32)
+    rows = np.repeat(np.arange(len(scores)), weights[1])
+    single = weighted_average_precision(s32, targets, weights[1])  # 1-D weights give (C,)
+    np.testing.assert_allclose(single, average_precision(s32[rows], targets[rows]), rtol=0, atol=1e-12)
+
+
+def test_weighted_ap_class_without_weighted_positive_is_nan() -> None:
+    scores, targets = SCORES, TARGETS
+    weights = np.array([0, 1, 1, 1])  # class 0's positives are images 0 and 2: image 2 is left
+    weights2 = np.array([0, 1, 0, 1])  # neither is left: class 0 has no positive
+    assert not np.isnan(weighted_average_precision(scores, targets, weights)[0])
+    assert np.isnan(weighted_average_precision(scores, targets, weights2)[0])
+    with pytest.raises(ValueError, match="weights"):
+        weighted_average_precision(scores, targets, np.ones(3))
+    with pytest.raises(ValueError, match="non-negative"):
+        weighted_average_precision(scores, targets, -np.ones(4))
+
+
+def test_bootstrap_counts_are_the_documented_draws() -> None:
+    counts = bootstrap_counts(7, num_samples=5, seed=3)
+    idx = np.random.default_rng(3).integers(0, 7, size=(5, 7))
+    assert counts.shape == (5, 7) and (counts.sum(axis=1) == 7).all()
+    for row, drawn in zip(counts, idx):
+        np.testing.assert_array_equal(row, np.bincount(drawn, minlength=7))
+
+
+def _slow_bootstrap(scores_a, scores_b, targets, num_samples, seed, confidence=0.95):
+    """Explicit resampling with the same draws as ``bootstrap_counts``."""
+    n = len(targets)
+    idx = np.random.default_rng(seed).integers(0, n, size=(num_samples, n))
+    diffs = []
+    for i in idx:
+        map_a = np.mean([mean_average_precision(s[i], targets[i]) for s in scores_a])
+        map_b = np.mean([mean_average_precision(s[i], targets[i]) for s in scores_b])
+        diffs.append(map_b - map_a)
+    diffs = np.array(diffs)
+    alpha = 1 - confidence
+    low, high = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
+    p = min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
+    full = np.mean([mean_average_precision(s, targets) for s in scores_b]) - np.mean(
+        [mean_average_precision(s, targets) for s in scores_a])
+    return diffs, full, low, high, p
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_paired_bootstrap_matches_slow_resampling_loop(seed: int) -> None:
+    _, targets = _tied(seed)
+    rng = np.random.default_rng(seed + 7)
+    # two seeds for A, three for B (float32, as saved by training); rounded scores give many ties
+    scores_a = [np.round(np.clip(0.2 * (targets == 1) + rng.random(targets.shape), 0, 1), 1) for _ in range(2)]
+    scores_b = [np.round(np.clip(0.4 * (targets == 1) + rng.random(targets.shape), 0, 1), 1).astype(np.float32)
+                for _ in range(3)]
+    res = paired_bootstrap(scores_a, scores_b, targets, num_samples=200, seed=seed, confidence=0.9)
+    diffs, full, low, high, p = _slow_bootstrap(scores_a, scores_b, targets, 200, seed, confidence=0.9)
+    np.testing.assert_allclose(res.differences, diffs, rtol=0, atol=1e-9)
+    assert res.difference == pytest.approx(full, abs=1e-9)
+    assert (res.low, res.high, res.p_value) == pytest.approx((low, high, p), abs=1e-9)
+    assert res.num_samples == res.num_valid == 200 and res.num_images == len(targets)
+    assert (res.num_seeds_a, res.num_seeds_b, res.seed, res.confidence) == (2, 3, seed, 0.9)
+    single = paired_bootstrap(scores_a[0], scores_b[0], targets, num_samples=50, seed=seed)
+    diffs1, full1, low1, high1, _ = _slow_bootstrap(scores_a[:1], scores_b[:1], targets, 50, seed)
+    assert (single.difference, single.low, single.high) == pytest.approx((full1, low1, high1), abs=1e-9)
+    counts = bootstrap_counts(len(targets), 50, seed)
+    np.testing.assert_allclose(resampled_map(scores_b[0], targets, counts) - resampled_map(scores_a[0], targets, counts),
+                               diffs1, atol=1e-9)
+
+
+def test_identical_models_give_zero_difference_and_interval() -> None:
+    scores, targets = _tied(3, n=60)
+    res = paired_bootstrap([scores, scores], [scores, scores], targets, num_samples=100)
+    assert res.difference == 0 and res.low == 0 and res.high == 0
+    assert res.p_value == 1.0 and res.verdict == "not distinguishable"
+    assert json.loads(json.dumps(res.to_dict(), allow_nan=False))["verdict"] == "not distinguishable"
+    assert "differences" not in res.to_dict()
+
+
+def test_clearly_better_model_interval_excludes_zero() -> None:
+    rng = np.random.default_rng(0)
+    targets = (rng.random((200, 5)) < 0.3).astype(np.int8)
+    good = targets + 0.1 * rng.random(targets.shape)
+    bad = rng.random(targets.shape)
+    better = paired_bootstrap(bad, good, targets, num_samples=300)
+    assert better.low > 0 and better.verdict == "better" and better.p_value < 0.01
+    worse = paired_bootstrap(good, bad, targets, num_samples=300)
+    assert worse.high < 0 and worse.verdict == "worse"
+    assert worse.difference == pytest.approx(-better.difference)
+
+
+def test_bootstrap_versus_reference_equals_pairwise_calls() -> None:
+    scores, targets = _tied(4, n=50)
+    rng = np.random.default_rng(1)
+    others = {"x": rng.random(targets.shape), "y": [scores, rng.random(targets.shape)]}
+    many = bootstrap_versus_reference(scores, others, targets, num_samples=80, seed=2)
+    for name, s in others.items():
+        one = paired_bootstrap(scores, s, targets, num_samples=80, seed=2)
+        np.testing.assert_array_equal(many[name].differences, one.differences)
+        assert many[name].to_dict() == one.to_dict()
+
+
+def test_paired_bootstrap_rejects_mismatched_shapes() -> None:
+    scores, targets = _tied(0)
+    with pytest.raises(ValueError, match="shape"):
+        paired_bootstrap(scores, [scores, scores[:-1]], targets)
+    with pytest.raises(ValueError, match="confidence"):
+        paired_bootstrap(scores, scores, targets, confidence=95)
+
+
+def test_seed_summary() -> None:
+    mean, std, n = seed_summary([0.8, 0.82, None, 0.83])
+    assert n == 3 and mean == pytest.approx(np.mean([0.8, 0.82, 0.83]))
+    assert std == pytest.approx(np.std([0.8, 0.82, 0.83], ddof=1))
+    mean, std, n = seed_summary([0.7])
+    assert (mean, n) == (0.7, 1) and math.isnan(std)
+    assert seed_summary([])[2] == 0

@@ -29,7 +29,7 @@ def _preparse(argv: list[str]) -> argparse.Namespace:
     pre.add_argument("--config")
     pre.add_argument("--config-dir")
     pre.add_argument("--dataset", default="voc2007")
-    pre.add_argument("--variant", default="baseline")
+    pre.add_argument("--variant")
     return pre.parse_known_args(argv)[0]
 
 
@@ -40,12 +40,13 @@ def config_for(argv: list[str], variant: str | None = None, prog: str = "python 
     if pre.config:
         path = Path(pre.config)
     elif pre.config_dir:
-        path = Path(pre.config_dir) / f"{variant}.yaml"
+        path = Path(pre.config_dir) / f"{variant or 'baseline'}.yaml"
     else:
-        path = config_path_for(pre.dataset, variant)
+        path = config_path_for(pre.dataset, variant or "baseline")
     values = load_yaml(path) if path.is_file() or pre.config or pre.config_dir else {}
-    if variant and "variant" not in values:
-        values["variant"] = variant
+    # the variant: `train all`'s loop, else --variant, else the config file's, else baseline
+    variant = variant or values.get("variant") or "baseline"
+    values["variant"] = variant
     if not pre.config and not path.is_file():
         print(f"note: no config file {path}; using the built-in defaults", file=sys.stderr)
     parser = argparse.ArgumentParser(prog=prog)
@@ -80,13 +81,29 @@ def cmd_fit(argv: list[str]) -> int:
     return 0
 
 
+def seed_configs(config: TrainConfig) -> list[TrainConfig]:
+    """The runs of ``config.seeds`` seeds: the first in <group>/<variant>, the others in
+    <group>/seed<S>/<variant>; all share the group's feature cache (the cache key names the weights)."""
+    import dataclasses
+
+    cache_dir = config.cache_dir or str(Path(config.output_dir) / config.group / "feature_cache")
+    runs = []
+    for k in range(config.seeds):
+        seed = config.seed + k
+        group = config.group if k == 0 else f"{config.group}/seed{seed}"
+        runs.append(dataclasses.replace(config, seed=seed, group=group, cache_dir=cache_dir))
+    return runs
+
+
 def cmd_all(argv: list[str]) -> int:
     from train.report import write_report
 
     resolved = [config_for(argv, variant, prog="python -m train all") for variant in VARIANTS]
-    for config, resume in resolved:
-        fit(config, resume)
     configs = [config for config, _ in resolved]
+    # seed-major: every variant of the first seed is trained before any further seed
+    for k in range(configs[0].seeds):
+        for config, resume in resolved:
+            fit(seed_configs(config)[k], resume)
     group_dir = configs[0].run_dir.parent
     report = write_report(group_dir)
     print(f"report: {report}")
@@ -105,7 +122,7 @@ def publish(path: Path, repo: str | None, dry_run: bool, private: bool = False) 
 
     path = Path(path)
     single = (path / "model").is_dir()
-    runs = [path] if single else sorted(p for p in path.iterdir() if (p / "model").is_dir())
+    runs = [path] if single else sorted(p for p in path.iterdir() if (p / "model").is_dir())  # first seed only
     if not runs:
         print(f"error: {path} holds no trained run (no model/ folder)", file=sys.stderr)
         return 2
@@ -164,6 +181,9 @@ def cmd_evaluate(argv: list[str]) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", help="write the metrics JSON here")
     args = parser.parse_args(argv)
+    if args.batch_size <= 0 or args.num_workers < 0:
+        print("error: --batch-size must be positive and --num-workers 0 or more", file=sys.stderr)
+        return 2
     device = pick_device(args.device)
     model = load_model(args.model).to(device).eval()
     norm = model.normalization
@@ -207,5 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[argv[0]](argv[1:])
     except (ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+def one_line(err: BaseException) -> str:
+    """The user-facing line of an error. An exception re-raised from a DataLoader worker carries the
+    worker's whole traceback in its message; its last line is the original message."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(err).__name__

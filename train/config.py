@@ -32,7 +32,9 @@ class TrainConfig:
     train_split: str = "train"
     eval_split: str = "val"  # reported; never used to choose anything
     selection_fraction: float = 0.1  # carved, seeded, from the training split for model selection
-    seed: int = 0
+    seed: int = 0  # draws the selection split, the head's initialisation and the data order
+    seeds: int = 1  # `train all`: run seeds seed, seed+1, ... (further seeds in <group>/seed<S>/<variant>)
+    eval_fraction: float = 0.2  # carved (seeded) for evaluation only when the eval split is the training data
     difficult_as_positive: bool = True
     # model
     backbone: str = "efficientnet_lite0"
@@ -55,15 +57,19 @@ class TrainConfig:
     stage2_epochs: int = 5
     stage2_lr: float = 1e-4
     stage2_min_lr: float = 1e-6
+    finetune: str = "all"  # stage 2: "all" layers on images, or "top:K" = backbone blocks K.. on cached bottom maps
     batch_size: int = 32  # global batch, split over processes
     eval_batch_size: int = 64
     augment: bool = True  # flip, rotation, brightness / contrast / gamma; no crops
     stage1_augment: bool = True
     cache_features: bool = True  # stage 1: compute frozen-backbone features once, when that is exact (no augmentation)
+    cache_dir: str | None = None  # default <output_dir>/<group>/feature_cache
+    check_images: bool = True  # decode every image once before training (a broken file fails at the start)
     # speed
     device: str = "auto"
     num_workers: int = 4
-    amp: str = "bf16"  # bf16 | none (CUDA only)
+    amp: str = "bf16"  # bf16 | none (CUDA only, unless amp_on_cpu)
+    amp_on_cpu: bool = False  # bf16 autocast on the CPU too (slow; exercises the GPU dtype path in tests)
     channels_last: bool = True
     compile: bool = False
     # output
@@ -83,10 +89,21 @@ class TrainConfig:
             "pooling": (self.pooling in ("max", "avg"), "max or avg"),
             "selection_fraction": (0.0 < self.selection_fraction < 1.0, "in (0, 1)"),
             "batch_size": (self.batch_size > 0, "positive"),
+            "eval_batch_size": (self.eval_batch_size > 0, "positive"),
+            "image_size": (self.image_size >= 32, "at least 32 (the backbones' stride: a smaller image has no feature-map cell)"),
+            "stage1_epochs": (self.stage1_epochs >= 0, "0 or more"),
+            "stage2_epochs": (self.stage2_epochs >= 0, "0 or more"),
+            "num_workers": (self.num_workers >= 0, "0 or more"),
+            "seeds": (self.seeds >= 1, "1 or more"),
+            "eval_fraction": (0.0 < self.eval_fraction < 1.0, "in (0, 1)"),
+            "finetune": (_valid_finetune(self.finetune), "'all' or 'top:K' with K a block index"),
         }
         for key, (ok, what) in checks.items():
             if not ok:
                 raise ConfigError(f"config value {key}={getattr(self, key)!r} must be {what}")
+        if self.stage1_epochs + self.stage2_epochs == 0:
+            raise ConfigError("stage1_epochs + stage2_epochs is 0: nothing would be trained; give at least one epoch")
+        self.model_params = check_model_params(self.variant, self.model_params)
         return self
 
     @property
@@ -95,6 +112,47 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _valid_finetune(text: str) -> bool:
+    kind, _, index = str(text).partition(":")
+    return text == "all" or (kind == "top" and index.isdigit())
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return type(value).__name__
+
+
+def check_model_params(variant: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Variant hyper-parameters checked against the variant's own defaults: unknown keys and values
+    of the wrong kind (``tau=abc``) are refused with the key named, before any data is read."""
+    from mlc.models import registry
+    import mlc.models  # noqa: F401  (registers the variants)
+
+    defaults = registry.get_model_class(variant).defaults
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown model parameter(s) {unknown} for {variant}; known: {', '.join(sorted(defaults))}")
+    for key, value in params.items():
+        default = defaults[key]
+        if default is None or value is None:
+            continue
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            continue  # 1 for 1.0
+        if _kind_of(default) != _kind_of(value) or (isinstance(default, int) and not isinstance(default, bool)
+                                                     and isinstance(value, float)):
+            raise ConfigError(f"model parameter {key}={value!r} for {variant} must be "
+                              f"{'an integer' if isinstance(default, int) and not isinstance(default, bool) else _kind_of(default)}"
+                              f" (like the default {default!r})")
+    return dict(params)
 
 
 def _merge(base: dict, top: dict) -> dict:

@@ -1,20 +1,31 @@
-"""Splits for a run: the training split, a seeded selection split carved from it, and the eval split."""
+"""Splits for a run: the training split, a seeded selection split carved from it, and the eval split.
+
+When the evaluation split would be the training data itself (a single CSV file given as the root,
+or the same split named twice), a seeded evaluation part is carved out of it instead, so no image
+is both trained on and reported; ``split.json`` records which images went where.
+"""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from mlc.data import MultiLabelDataset, build_dataset
+from mlc.data import DatasetError, MultiLabelDataset, build_dataset
 
 
 @dataclass
 class RunSplits:
+    train: MultiLabelDataset  # the whole training split; feature caches are keyed on it
     fit: MultiLabelDataset  # trains the weights; label statistics come from it alone
     selection: MultiLabelDataset  # chooses the epoch (model selection)
     evaluation: MultiLabelDataset  # reported only
+    fit_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # rows of `train`
+    selection_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @dataclass
@@ -27,12 +38,14 @@ class SplitInfo:
     train_split: str
     eval_split: str
     selection_ids: list[str]
+    eval_carved: bool = False  # the eval images were carved (seeded) out of the training data
+    eval_ids: list[str] | None = None  # recorded when carved
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1))
 
     def summary(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "selection_ids"}
+        return {k: v for k, v in asdict(self).items() if k not in ("selection_ids", "eval_ids")}
 
 
 def carve_selection(num_items: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,15 +57,56 @@ def carve_selection(num_items: int, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(order[n_sel:]), np.sort(order[:n_sel])
 
 
-def build_splits(dataset: str, root: str, train_split: str, eval_split: str, fraction: float, seed: int) -> tuple[RunSplits, SplitInfo]:
+def _same_images(a: MultiLabelDataset, b: MultiLabelDataset) -> bool:
+    return len(a) == len(b) and [str(p) for p in a.image_paths] == [str(p) for p in b.image_paths]
+
+
+def build_splits(
+    dataset: str, root: str, train_split: str, eval_split: str, fraction: float, seed: int, eval_fraction: float = 0.2,
+) -> tuple[RunSplits, SplitInfo]:
     train = build_dataset(dataset, root, train_split)
     evaluation = build_dataset(dataset, root, eval_split)
     if evaluation.classes != train.classes:
         raise ValueError(f"splits {train_split!r} and {eval_split!r} of {root} have different class lists")
+    eval_ids = None
+    carved = _same_images(train, evaluation)
+    if carved:
+        # e.g. a single CSV file as root: evaluating on it would report accuracy on training images
+        rest, held = carve_selection(len(train), eval_fraction, seed + 7_919)
+        evaluation = train.subset(held)
+        eval_ids = list(evaluation.ids)
+        train = train.subset(rest)
+        print(f"note: {root} gives the same images for {train_split!r} and {eval_split!r}; {len(held)} of them "
+              f"({eval_fraction:.0%}, seeded) are held out for evaluation and never trained on (split.json lists them)",
+              file=sys.stderr)
     fit_idx, sel_idx = carve_selection(len(train), fraction, seed)
-    splits = RunSplits(fit=train.subset(fit_idx), selection=train.subset(sel_idx), evaluation=evaluation)
+    splits = RunSplits(train=train, fit=train.subset(fit_idx), selection=train.subset(sel_idx), evaluation=evaluation,
+                       fit_indices=fit_idx, selection_indices=sel_idx)
     info = SplitInfo(
         train=len(fit_idx), selection=len(sel_idx), eval=len(evaluation), selection_fraction=fraction, seed=seed,
         train_split=train_split, eval_split=eval_split, selection_ids=[train.ids[i] for i in sel_idx],
+        eval_carved=carved, eval_ids=eval_ids,
     )
     return splits, info
+
+
+def _decode_error(path: Path) -> str | None:
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (64, 64))  # JPEG: decode at reduced scale; still reads every byte
+            image.load()
+    except Exception as err:  # PIL raises many types for broken files
+        return f"{path} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'})"
+    return None
+
+
+def verify_images(datasets: list[MultiLabelDataset], threads: int = 8) -> int:
+    """Decode every image once before training, so a broken file stops the run at the start with
+    its path, not in a DataLoader worker mid-epoch. Returns the number of images checked."""
+    paths = sorted({Path(p) for d in datasets for p in d.image_paths})
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:  # PIL releases the GIL while decoding
+        errors = [e for e in pool.map(_decode_error, paths) if e]
+    if errors:
+        more = f" and {len(errors) - 3} more" if len(errors) > 3 else ""
+        raise DatasetError(f"{len(errors)} image(s) cannot be decoded: {'; '.join(errors[:3])}{more}")
+    return len(paths)

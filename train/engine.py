@@ -1,14 +1,21 @@
-"""The two-stage training loop: frozen backbone, then all layers; selection on a held-out split.
+"""The two-stage training loop: frozen backbone, then all layers (or the top blocks); selection on a
+held-out split.
 
-Every epoch ends with a selection-split evaluation, a row in ``metrics.csv`` / ``metrics.json`` /
-TensorBoard, and ``checkpoint.pt`` (weights, optimizer, scheduler, history), so ``--resume``
-continues a killed run exactly: each epoch's data order and augmentation are seeded by the epoch.
-The epoch with the best selection mAP is saved to ``model/``; only that model is evaluated on the
-eval split (``eval.json``), which never chooses anything.
+Every epoch ends with a selection-split evaluation, ``metrics.csv`` / ``metrics.json`` (rewritten
+whole from the history, so a kill cannot leave a duplicate row), TensorBoard, and ``checkpoint.pt``
+(weights, optimizer, scheduler, history), so ``--resume`` continues a killed run exactly: each
+image's augmentation is seeded by (seed, epoch, index), whatever the number of workers. The epoch
+with the best selection mAP is saved (atomically) to ``model/``; only that model is evaluated on
+the eval split (``eval.json``, per-image scores in ``eval_scores.npz``), which never chooses anything.
+
+Stage 2 trains either every layer on (augmented) images (``finetune: all``) or only the backbone's
+top blocks and the head on cached outputs of the frozen bottom (``finetune: "top:K"``): exact, since
+the cached views are exactly what the top blocks see, and cheap enough for a CPU.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import random
@@ -21,29 +28,32 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from mlc.data import build_transforms
 from mlc.embeddings import label_embeddings
-from mlc.losses import GCAMLoss, multilabel_bce
 from mlc.metrics import evaluate
 from mlc.models import MultiLabelModel, create_model, load_model
+from mlc.models.base import top_cut
+from mlc.models.registry import get_model_class
 from mlc.stats import label_statistics
 from train.config import TrainConfig, save_config
-from train.data import build_splits
+from train.data import build_splits, verify_images
 from train.distributed import DistEnv
-from train.features import FeatureSet, cache_key, cached_tensor, extract_view, scale_images
+from train.features import FeatureSet, cache_key, cached_tensor, extract_view, gather_rows, part_tag
 
 CHECKPOINT = "checkpoint.pt"
+LOG_EVERY = 20  # steps between progress-bar updates (each reads the loss from the device)
 
 
 @dataclass
 class Stage:
-    index: int  # 1 = frozen backbone, 2 = all layers
+    index: int  # 1 = frozen backbone, 2 = all layers / top blocks
     epochs: int
     lr: float
     min_lr: float
     augment: bool
+    cut: int | None = None  # stage 2 "top:K": blocks K.. train on cached bottom features
 
 
 @dataclass
@@ -59,36 +69,69 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63)
+
+
+class EpochSeededSampler(Sampler):
+    """Yields (index, seed) pairs: the seed of an item's augmentation depends on (run seed, epoch,
+    index) only, so persistent workers, any worker count and ``--resume`` all give the same images."""
+
+    def __init__(self, sampler: DistributedSampler, seed: int):
+        self.sampler, self.seed, self.epoch = sampler, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((i, item_seed(self.seed, self.epoch, i)) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class SeededItems(Dataset):
+    """Dataset wrapper for ``EpochSeededSampler``: seeds torch's RNG per item before transforming."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        torch.manual_seed(seed)
+        random.seed(seed)
+        return self.dataset[index]
+
+
 class TrainStep(nn.Module):
-    """Loss of one batch as a module, so DistributedDataParallel can sync its gradients."""
+    """Loss of one batch as a module, so DistributedDataParallel can sync its gradients.
+
+    The loss and the views it needs belong to the variant (``training_views`` / ``training_loss``);
+    this module only produces those views' feature maps, from images or from cached maps.
+    """
 
     def __init__(self, model: MultiLabelModel, config: TrainConfig):
         super().__init__()
         self.model = model
         self.difficult_as_positive = config.difficult_as_positive
-        self.gcam = model.model_name == "gcam"
-        params = model.params
-        self.gcam_loss = GCAMLoss(params.get("consistency_weight", 0.4), config.difficult_as_positive)
-        scales = params.get("scales", [])
-        self.scale = int(scales[1]) if self.gcam and len(scales) > 1 else None
-        self.flip = bool(params.get("flip", True)) if self.gcam else False
+        self.cut: int | None = None  # set per stage: cached inputs are bottom-of-cut maps
 
     def views(self) -> tuple[str, ...]:
-        return ("image",) + (("flipped",) if self.flip else ()) + (("scaled",) if self.scale else ())
+        return self.model.training_views()
 
-    def forward(self, targets, images=None, features=None, flipped=None, scaled=None):
+    def forward(self, targets, images=None, **cached):
         model = self.model
-        if features is None:
-            features = model.forward_features(images)
-            if self.flip:
-                flipped = model.forward_features(images.flip(-1))
-            if self.scale:
-                scaled = model.forward_features(scale_images(images, self.scale))
-        if self.gcam:
-            loss, logits, _ = self.gcam_loss(model, features, targets, flipped, scaled)
-            return loss, logits
-        logits = model.forward_head(features).logits
-        return multilabel_bce(logits.float(), targets, self.difficult_as_positive), logits
+        if images is not None:
+            features = {v: model.forward_features(model.view_images(images, v)) for v in self.views()}
+        elif self.cut is not None:
+            features = {v: model.backbone.forward_top(x, self.cut) for v, x in cached.items()}
+        else:
+            features = cached
+        return model.training_loss(features, targets, self.difficult_as_positive)
 
 
 class Trainer:
@@ -97,22 +140,29 @@ class Trainer:
         self.env = env
         self.device = env.device
         self.run_dir = config.run_dir
-        self.cache_dir = Path(config.output_dir) / config.group / "feature_cache"
-        self.autocast = config.amp == "bf16" and self.device.type == "cuda"
-        self._feature_cache: dict[str, torch.Tensor] = {}
+        self.cache_dir = Path(config.cache_dir) if config.cache_dir else Path(config.output_dir) / config.group / "feature_cache"
+        self.autocast = config.amp == "bf16" and (self.device.type == "cuda" or config.amp_on_cpu)
+        self._feature_cache: dict[Any, torch.Tensor] = {}
+        self._loaders: dict[bool, DataLoader] = {}
+        # the part of the backbone that training has changed so far (None / "all" / "top:K"); the
+        # cache of a part is exact only while training has not touched it
+        self.trained_part: str | None = None
 
     # -- setup ------------------------------------------------------------------------------
     def build(self) -> None:
         cfg = self.config
         self.splits, self.split_info = build_splits(
-            cfg.dataset, cfg.data_root, cfg.train_split, cfg.eval_split, cfg.selection_fraction, cfg.seed
+            cfg.dataset, cfg.data_root, cfg.train_split, cfg.eval_split, cfg.selection_fraction, cfg.seed,
+            eval_fraction=cfg.eval_fraction,
         )
+        if cfg.check_images:
+            verify_images([self.splits.train, self.splits.evaluation], threads=max(2, cfg.num_workers))
         classes = self.splits.fit.classes
         stats = label_statistics(self.splits.fit.labels, classes, difficult_as_positive=cfg.difficult_as_positive)
-        needs_embeddings = cfg.variant in ("ssgrl", "mlgcn", "gcam")
-        embeddings = label_embeddings(classes, cfg.embeddings) if needs_embeddings else None
+        variant = get_model_class(cfg.variant)
+        embeddings = label_embeddings(classes, cfg.embeddings) if variant.needs_embeddings else None
         extra: dict[str, Any] = {}
-        if cfg.variant == "ggnn" and cfg.knowledge_graph:
+        if variant.uses_knowledge_graph and cfg.knowledge_graph:
             from mlc.graph import visual_genome_graph
 
             extra["knowledge_graph"] = visual_genome_graph(cfg.knowledge_graph, classes)
@@ -124,14 +174,19 @@ class Trainer:
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.compile:
-            self.model.backbone = torch.compile(self.model.backbone)
+            # in place (nn.Module.compile): the state_dict keeps its names, so saved models load
+            self.model.backbone.compile()
         self.step_module = TrainStep(self.model, cfg)
         norm = self.model.normalization
         self.test_transform = build_transforms(cfg.image_size, train=False, mean=norm.mean, std=norm.std)
         self.train_transform = build_transforms(cfg.image_size, train=True, mean=norm.mean, std=norm.std)
+        cut = top_cut(cfg.finetune)
+        if cut is not None:
+            self.model.backbone._check_cut(cut)
         self.stages = [
             Stage(1, cfg.stage1_epochs, cfg.stage1_lr, cfg.stage1_min_lr, cfg.augment and cfg.stage1_augment),
-            Stage(2, cfg.stage2_epochs, cfg.stage2_lr, cfg.stage2_min_lr, cfg.augment),
+            # top-block fine-tuning runs on cached (unaugmented) bottom features
+            Stage(2, cfg.stage2_epochs, cfg.stage2_lr, cfg.stage2_min_lr, cfg.augment and cut is None, cut),
         ]
         self.per_rank_batch = cfg.batch_size // self.env.world_size
         if self.per_rank_batch * self.env.world_size != cfg.batch_size:
@@ -150,16 +205,31 @@ class Trainer:
         return sum(s.epochs for s in self.stages)
 
     def uses_cache(self, stage: Stage) -> bool:
+        if stage.cut is not None:
+            return True  # top-block fine-tuning is defined on cached bottom features
         return self.config.cache_features and stage.index == 1 and not stage.augment
+
+    def trainable_parameters(self, stage: Stage) -> list[nn.Parameter]:
+        backbone = self.model.backbone
+        if stage.index == 1:
+            train_backbone: list[nn.Parameter] = []
+        elif stage.cut is None:
+            train_backbone = list(backbone.parameters())
+        else:
+            train_backbone = [p for m in backbone.top_modules(stage.cut) for p in m.parameters()]
+        ids = {id(p) for p in train_backbone}
+        for p in backbone.parameters():
+            p.requires_grad_(id(p) in ids)
+        return [p for p in self.model.parameters() if p.requires_grad]
 
     def enter_stage(self, stage: Stage) -> None:
         cfg = self.config
-        frozen = stage.index == 1
-        for p in self.model.backbone.parameters():
-            p.requires_grad_(not frozen)
-        if not frozen:
-            self.model.backbone_is_pretrained = False
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = self.trainable_parameters(stage)
+        if stage.index == 2:
+            self.trained_part = cfg.finetune if stage.cut is not None else "all"
+            if self.model.backbone_trained is None:  # what a checkpoint must store beyond the packaged weights
+                self.model.backbone_trained = self.trained_part
+        self.step_module.cut = stage.cut
         if cfg.optimizer == "adam":
             self.optimizer = torch.optim.Adam(params, lr=stage.lr, weight_decay=cfg.weight_decay)
         else:
@@ -189,51 +259,96 @@ class Trainer:
             range(n), num_replicas=self.env.world_size, rank=self.env.rank, shuffle=shuffle, seed=self.config.seed
         )
 
-    def features(self, split: str, views: tuple[str, ...]) -> FeatureSet:
-        """Frozen-backbone maps of a split (computed by the main process once, then read from disk)."""
-        dataset = getattr(self.splits, split).with_transform(self.test_transform)
-        targets = torch.from_numpy(dataset.labels.astype(np.float32))
-        return FeatureSet(features=self.view_features(dataset, "image"), targets=targets,
-                          flipped=self.view_features(dataset, "flipped") if "flipped" in views else None,
-                          scaled=self.view_features(dataset, "scaled") if "scaled" in views else None)
+    @staticmethod
+    def cache_source(trained: str | None) -> tuple[bool, int | None]:
+        """(usable, cut): which cached part of a backbone whose ``trained`` part training changed is
+        still exact. The whole backbone before stage 2; the bottom below K after a "top:K"
+        fine-tune; none after all layers trained."""
+        if trained is None:
+            return True, None
+        if trained == "all":
+            return False, None
+        return True, top_cut(trained)
 
-    def view_features(self, dataset, view: str) -> torch.Tensor:
+    def features(self, split: str, views: tuple[str, ...], cut: int | None, model: MultiLabelModel | None = None,
+                 trained: str | None = None) -> FeatureSet:
+        """Cached maps of a split's views from the frozen part (the whole backbone, or the blocks
+        below ``cut``) of ``model`` (default: the model being trained).
+
+        The fit and selection splits are rows of the training split's cache, so seeds (which
+        draw the selection split) share one cache.
+        """
+        if model is None:
+            model, trained = self.model, self.trained_part
+        if split == "evaluation":
+            dataset, rows = self.splits.evaluation, None
+        else:
+            dataset = self.splits.train
+            rows = self.splits.fit_indices if split == "fit" else self.splits.selection_indices
+        dataset = dataset.with_transform(self.test_transform)
+        maps = {}
+        for view in views:
+            key = self.view_features(dataset, view, cut, model, trained)
+            if (key, split) not in self._feature_cache:  # rows of the split, pinned once for fast copies
+                full = self._feature_cache[key]
+                part = full if rows is None else full[torch.from_numpy(rows)]
+                self._feature_cache[(key, split)] = part.pin_memory() if self.device.type == "cuda" else part
+            maps[view] = self._feature_cache[(key, split)]
+        labels = dataset.labels if rows is None else dataset.labels[rows]
+        return FeatureSet(views=maps, targets=torch.from_numpy(labels.astype(np.float32)))
+
+    def view_features(self, dataset, view: str, cut: int | None, model: MultiLabelModel, trained: str | None) -> str:
+        """Compute (or read) one view's cached maps; returns their key in ``self._feature_cache``."""
         cfg = self.config
-        scale = self.step_module.scale if view == "scaled" else None
-        seed_tag = "pretrained" if cfg.pretrained else f"seed{cfg.seed}"
-        key = cache_key(f"{cfg.backbone}:{seed_tag}", cfg.image_size, dataset, view, scale)
+        usable, model_cut = self.cache_source(trained)
+        if not usable or (model_cut is not None and (cut is None or cut > model_cut)):
+            raise RuntimeError(f"the {part_tag(cut)} features of a backbone trained as {trained!r} "
+                               "are not its pretrained ones and cannot be cached")
+        weights = f"{cfg.backbone}:" + ("pretrained" if cfg.pretrained else f"init-seed{cfg.seed}")
+        probe = model.view_images(torch.zeros(1, 3, cfg.image_size, cfg.image_size), view)
+        key = cache_key(weights, part_tag(cut), cfg.image_size, dataset, view, probe.shape[-1])
         if key not in self._feature_cache:
-            compute = lambda: extract_view(  # noqa: E731
-                self.model.backbone, dataset, self.device, cfg.eval_batch_size, cfg.num_workers, view, scale,
-                self.autocast, progress=self.env.is_main,
-            )
+            backbone = model.backbone
+            part = backbone if cut is None else (lambda x: backbone.forward_bottom(x, cut))  # noqa: E731
+            backbone.eval()
+
+            def compute() -> torch.Tensor:
+                return extract_view(part, lambda x: model.view_images(x, view), dataset, self.device,
+                                    cfg.eval_batch_size, cfg.num_workers, self.autocast, progress=self.env.is_main,
+                                    desc=f"features ({part_tag(cut)}, {view})")
+
             tensor = cached_tensor(self.cache_dir, key, compute) if self.env.is_main else None
             self.env.barrier()
             self._feature_cache[key] = tensor if tensor is not None else cached_tensor(self.cache_dir, key, compute)
-        return self._feature_cache[key]
+        return key
+
+    def loader(self, augment: bool) -> DataLoader:
+        """One DataLoader per transform, kept for the run (persistent workers)."""
+        if augment not in self._loaders:
+            cfg = self.config
+            dataset = self.splits.fit.with_transform(self.train_transform if augment else self.test_transform)
+            sampler = EpochSeededSampler(self.sampler(len(dataset), shuffle=True), cfg.seed)
+            self._loaders[augment] = DataLoader(
+                SeededItems(dataset), batch_size=self.per_rank_batch, sampler=sampler, num_workers=cfg.num_workers,
+                pin_memory=self.device.type == "cuda", persistent_workers=cfg.num_workers > 0,
+                prefetch_factor=4 if cfg.num_workers > 0 else None,
+            )
+        return self._loaders[augment]
 
     def train_batches(self, stage: Stage, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        sampler = self.sampler(len(self.splits.fit), shuffle=True)
-        sampler.set_epoch(epoch)
         if self.uses_cache(stage):
-            fs = self.features("fit", self.step_module.views())
-            indices = list(sampler)
+            sampler = self.sampler(len(self.splits.fit), shuffle=True)
+            sampler.set_epoch(epoch)
+            fs = self.features("fit", self.step_module.views(), stage.cut)
+            indices = torch.tensor(list(sampler))
             for start in range(0, len(indices), self.per_rank_batch):
-                idx = torch.tensor(indices[start:start + self.per_rank_batch])
-                batch = {"features": fs.features[idx], "targets": fs.targets[idx]}
-                if fs.flipped is not None:
-                    batch["flipped"] = fs.flipped[idx]
-                if fs.scaled is not None:
-                    batch["scaled"] = fs.scaled[idx]
+                idx = indices[start:start + self.per_rank_batch]
+                batch = {view: gather_rows(maps, idx) for view, maps in fs.views.items()}
+                batch["targets"] = fs.targets[idx]
                 yield batch
             return
-        dataset = self.splits.fit.with_transform(self.train_transform if stage.augment else self.test_transform)
-        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch * 101 + self.env.rank)
-        loader = DataLoader(
-            dataset, batch_size=self.per_rank_batch, sampler=sampler, num_workers=self.config.num_workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=False, generator=generator,
-            prefetch_factor=4 if self.config.num_workers > 0 else None,
-        )
+        loader = self.loader(stage.augment)
+        loader.sampler.set_epoch(epoch)
         for images, targets in loader:
             yield {"images": images, "targets": targets}
 
@@ -247,30 +362,39 @@ class Trainer:
         return out
 
     # -- loop -------------------------------------------------------------------------------
+    def set_train_mode(self, stage: Stage) -> None:
+        self.model.train()
+        if stage.index == 1 or stage.cut is not None:
+            # frozen, or a top-block fine-tune: BatchNorm statistics stay as pretrained
+            self.model.backbone.eval()
+
     def train_epoch(self, stage: Stage, epoch: int) -> dict[str, float]:
         from tqdm import tqdm
 
         seed_everything(self.config.seed * 7919 + epoch)
-        self.model.train()
-        if stage.index == 1:
-            self.model.backbone.eval()  # frozen: BatchNorm statistics stay as pretrained
-        total, count, start = 0.0, 0, time.perf_counter()
+        self.set_train_mode(stage)
+        total = torch.zeros((), device=self.device)  # summed on the device: no host sync per step
+        count, steps, start = 0, 0, time.perf_counter()
         bar = tqdm(total=self.steps_per_epoch(), desc=f"{self.config.variant} e{epoch + 1}/{self.total_epochs} s{stage.index}",
                    disable=not self.env.is_main, leave=False)
         for batch in self.train_batches(stage, epoch):
-            loss = self.train_step(batch)
             n = batch["targets"].shape[0]
-            total += loss.item() * n
+            loss = self.train_step(batch)
+            total += loss * n
             count += n
+            steps += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{total / count:.4f}", img_s=f"{count * self.env.world_size / (time.perf_counter() - start):.0f}")
+            if self.env.is_main and steps % LOG_EVERY == 0:
+                bar.set_postfix(loss=f"{total.item() / count:.4f}",
+                                img_s=f"{count * self.env.world_size / (time.perf_counter() - start):.0f}")
         bar.close()
+        mean_loss = total.item() / max(count, 1)
         seconds = time.perf_counter() - start
-        return {"train_loss": total / max(count, 1), "train_seconds": seconds,
+        return {"train_loss": mean_loss, "train_seconds": seconds,
                 "train_images_per_second": count * self.env.world_size / max(seconds, 1e-9)}
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One optimisation step on a batch (images or cached features); returns the loss."""
+        """One optimisation step on a batch (images or cached features); returns the loss (on the device)."""
         batch = self.to_device(batch)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             loss, _ = self.trainable(**batch)
@@ -278,46 +402,48 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
-        return loss.detach()
+        return loss.detach().float()
 
     @torch.no_grad()
-    def predict(self, split: str, use_cache: bool, model: MultiLabelModel | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities and targets of a split, in dataset order (sharded over processes)."""
-        model = model or self.model
+    def predict(self, split: str, use_cache: bool, model: MultiLabelModel | None = None,
+                trained: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (float32 forward: no autocast) and targets of a split, in dataset order
+        (sharded over processes). ``trained``: the part of ``model``'s backbone training changed."""
+        if model is None:
+            model, trained = self.model, self.trained_part
         model.eval()
-        dataset = getattr(self.splits, split)
+        dataset = {"fit": self.splits.fit, "selection": self.splits.selection, "evaluation": self.splits.evaluation}[split]
         sampler = self.sampler(len(dataset), shuffle=False)
         indices = list(sampler)
         scores = []
         if use_cache:
-            fs = self.features(split, ("image",))
+            usable, cut = self.cache_source(trained)
+            fs = self.features(split, ("image",), cut, model, trained)
             for start in range(0, len(indices), self.config.eval_batch_size):
                 idx = torch.tensor(indices[start:start + self.config.eval_batch_size])
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                    scores.append(model.forward_head(fs.features[idx].to(self.device)).logits.float().sigmoid().cpu())
+                x = fs.features[idx].to(self.device)
+                if cut is not None:
+                    x = model.backbone.forward_top(x, cut)
+                scores.append(model.forward_head(x).logits.float().sigmoid().cpu())
         else:
             loader = DataLoader(dataset.with_transform(self.test_transform), batch_size=self.config.eval_batch_size,
                                 sampler=sampler, num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda")
             for images, _ in loader:
                 images = self.to_device({"images": images})["images"]
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                    scores.append(model(images).float().sigmoid().cpu())
+                scores.append(model(images).float().sigmoid().cpu())
         local = (indices, torch.cat(scores).numpy() if scores else np.zeros((0, len(dataset.classes))))
         merged = np.zeros((len(dataset), len(dataset.classes)), dtype=np.float64)
         for idx, part in self.env.all_gather_object(local):
             merged[idx] = part  # DistributedSampler pads by repeating indices: same rows, same values
         return merged, dataset.labels.astype(np.int64)
 
-    def evaluate_split(self, split: str, use_cache: bool, model: MultiLabelModel | None = None):
-        scores, targets = self.predict(split, use_cache, model)
-        return evaluate(scores, targets, classes=self.splits.fit.classes)
-
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, epoch: int, history: History) -> None:
         state = {
             "epoch": epoch, "stage": self.current_stage, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "history": vars(history), "backbone_is_pretrained": self.model.backbone_is_pretrained,
+            "history": vars(history), "backbone_trained": self.model.backbone_trained,
+            "trained_part": self.trained_part,
         }
         tmp = self.run_dir / (CHECKPOINT + ".tmp")
         torch.save(state, tmp)
@@ -331,18 +457,30 @@ class Trainer:
             self.enter_stage(stage)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-        self.model.backbone_is_pretrained = state["backbone_is_pretrained"]
+        self.trained_part = state.get("trained_part")
+        if "backbone_trained" in state:
+            self.model.backbone_trained = state["backbone_trained"]
+        else:  # checkpoints written before top-block fine-tuning existed
+            self.model.backbone_is_pretrained = state["backbone_is_pretrained"]
         return state["epoch"], History(**state["history"])
 
-    def log_epoch(self, row: dict[str, Any], writer) -> None:
-        csv_path = self.run_dir / "metrics.csv"
-        new = not csv_path.exists()
-        with csv_path.open("a", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
-        if writer is not None:
+    def write_metrics(self, history: History, writer) -> None:
+        """metrics.csv / metrics.json rewritten whole from the history (atomic): after a kill and
+        ``--resume`` they hold each epoch once, as the checkpoint does."""
+        rows = history.rows
+        fields: list[str] = []
+        for row in rows:
+            fields += [k for k in row if k not in fields]
+        buffer = io.StringIO()
+        w = csv.DictWriter(buffer, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+        for name, text in (("metrics.csv", buffer.getvalue()), ("metrics.json", json.dumps(rows, indent=1))):
+            tmp = self.run_dir / f"{name}.tmp"
+            tmp.write_text(text)
+            tmp.replace(self.run_dir / name)
+        if writer is not None and rows:
+            row = rows[-1]
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key != "epoch":
                     writer.add_scalar(key, value, row["epoch"])
@@ -352,18 +490,17 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict[str, Any]:
         cfg, env = self.config, self.env
         started = time.perf_counter()
+        self.build()
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
-        self.build()
-        if env.is_main:
             self.split_info.save(self.run_dir / "split.json")
         start_epoch, history = 0, History()
         has_checkpoint = (self.run_dir / CHECKPOINT).is_file()
         if resume and has_checkpoint:
             start_epoch, history = self.load_checkpoint()
         elif env.is_main and not resume:
-            for stale in ("metrics.csv", "metrics.json", CHECKPOINT):
+            for stale in ("metrics.csv", "metrics.json", CHECKPOINT, "eval.json", "eval_scores.npz"):
                 (self.run_dir / stale).unlink(missing_ok=True)
         env.barrier()
         writer = None
@@ -379,39 +516,47 @@ class Trainer:
                 stage_index = stage.index
             row: dict[str, Any] = {"epoch": epoch + 1, "stage": stage.index, "lr": self.optimizer.param_groups[0]["lr"]}
             row.update(self.train_epoch(stage, epoch))
-            report = self.evaluate_split("selection", use_cache=self.uses_cache(stage))
+            scores, targets = self.predict("selection", use_cache=self.uses_cache(stage))
+            report = evaluate(scores, targets, classes=self.splits.fit.classes)
             row.update({"selection_map": report.map, "selection_map_voc": report.map_voc,
                         "selection_cf1": report.cf1, "selection_of1": report.of1})
             history.rows.append(row)
-            if env.is_main:
-                if report.map > history.best_map:
-                    history.best_map, history.best_epoch = report.map, epoch + 1
+            if report.map > history.best_map:
+                history.best_map, history.best_epoch = report.map, epoch + 1
+                if env.is_main:
                     self.model.save(self.run_dir / "model", half=cfg.save_half)
-                self.log_epoch(row, writer)
-                (self.run_dir / "metrics.json").write_text(json.dumps(history.rows, indent=1))
+            if env.is_main:
+                self.write_metrics(history, writer)
                 self.save_checkpoint(epoch + 1, history)
-            else:
-                history.best_map = max(history.best_map, report.map)
             env.barrier()
         if writer is not None:
             writer.close()
         return self.final_evaluation(history, time.perf_counter() - started)
 
     def final_evaluation(self, history: History, seconds: float) -> dict[str, Any]:
-        """Evaluate the selected model (as saved) on the eval split and write eval.json."""
+        """Evaluate the selected model (as saved) on the eval split; write eval.json and its scores."""
         cfg = self.config
         best = load_model(self.run_dir / "model").to(self.device)
-        use_cache = cfg.cache_features and best.backbone_is_pretrained and not self.stages[0].augment
-        report = self.evaluate_split("evaluation", use_cache=use_cache, model=best)
+        best_stage = self.stage_of(history.best_epoch - 1)[0]
+        trained = None if best_stage.index == 1 else (cfg.finetune if best_stage.cut is not None else "all")
+        usable, cut = self.cache_source(trained)
+        # the eval split's cached maps are exact for `best` when its cached part is untouched and
+        # training used those maps (no augmentation of the images that part sees)
+        use_cache = usable and (cut is not None or (cfg.cache_features and not self.stages[0].augment))
+        scores, targets = self.predict("evaluation", use_cache=use_cache, model=best, trained=trained)
+        report = evaluate(scores, targets, classes=self.splits.fit.classes)
         result = {
-            "model_name": cfg.variant, "dataset": cfg.dataset, "split": cfg.eval_split,
+            "model_name": cfg.variant, "dataset": cfg.dataset, "split": cfg.eval_split, "seed": cfg.seed,
             "num_images": len(self.splits.evaluation), "selected_epoch": history.best_epoch,
-            "selection_map": history.best_map, "train_seconds": seconds,
+            "selected_stage": best_stage.index,
+            "backbone_trained": best.backbone_trained, "selection_map": history.best_map, "train_seconds": seconds,
             "split_info": self.split_info.summary(), "metrics": report.to_dict(),
         }
         if self.env.is_main:
             from mlc.hub import model_card
 
+            np.savez_compressed(self.run_dir / "eval_scores.npz", scores=scores.astype(np.float32),
+                                targets=targets.astype(np.int8), ids=np.array(self.splits.evaluation.ids))
             text = json.dumps(result, indent=1)
             (self.run_dir / "eval.json").write_text(text)
             (self.run_dir / "model" / "eval.json").write_text(text)

@@ -1,9 +1,14 @@
-"""Frozen-backbone feature cache for stage 1.
+"""Feature cache for the frozen part of the backbone.
 
-While the backbone is frozen (eval mode, no augmentation) its feature maps are a fixed function of
-each image, so computing them once and reusing them across epochs, and across the variants of a
-run group, gives exactly the same training as recomputing them. G-CAM also needs the maps of the
-mirrored and the rescaled image; those are cached beside the originals.
+While a part of the backbone is frozen (eval mode, pretrained weights) and images are not
+augmented, its output is a fixed function of each image, so computing it once and reusing it across
+epochs, seeds and the variants of a run group gives exactly the same training as recomputing it.
+Two parts are cached: the whole backbone (stage 1: heads on final feature maps) and the bottom
+blocks below a cut (stage 2 "top:K": the top blocks fine-tune on the cached bottom output). Views
+a variant's loss needs (G-CAM's mirrored and rescaled images) are cached beside the originals.
+
+The cache key names the backbone, the weights the part came from, the part, the image size, the
+images and the view, so a fine-tuned backbone can never be stored under a pretrained key.
 """
 from __future__ import annotations
 
@@ -11,67 +16,62 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from mlc.data import MultiLabelDataset
 
 
-def scale_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """G-CAM's scale transform: the (normalised) image batch resized to size x size."""
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-
-
 @dataclass
 class FeatureSet:
-    """Feature maps of one split, in dataset order, with the targets."""
+    """Cached maps of one split, in dataset order, with the targets; ``views`` maps view -> (N, ...)."""
 
-    features: torch.Tensor  # (N, C_feat, h, w)
+    views: dict[str, torch.Tensor]
     targets: torch.Tensor  # (N, C)
-    flipped: torch.Tensor | None = None
-    scaled: torch.Tensor | None = None
+
+    @property
+    def features(self) -> torch.Tensor:
+        return self.views["image"]
 
 
-def cache_key(backbone: str, image_size: int, dataset: MultiLabelDataset, view: str, scale: int | None) -> str:
-    blob = json.dumps([backbone, image_size, [str(p.resolve()) for p in dataset.image_paths], view, scale]).encode()
+def part_tag(cut: int | None) -> str:
+    """Which part of the backbone a cache holds: all of it, or the blocks below ``cut``."""
+    return "full" if cut is None else f"bottom{cut}"
+
+
+def cache_key(weights: str, part: str, image_size: int, dataset: MultiLabelDataset, view: str, view_size: int | None) -> str:
+    """``weights`` names the backbone and the weights of the cached part (e.g. "efficientnet_lite0:pretrained")."""
+    blob = json.dumps([weights, part, image_size, [str(p.resolve()) for p in dataset.image_paths], view, view_size]).encode()
     return hashlib.sha1(blob).hexdigest()[:16]
-
-
-def apply_view(images: torch.Tensor, view: str, scale: int | None) -> torch.Tensor:
-    if view == "flipped":
-        return images.flip(-1)
-    if view == "scaled":
-        return scale_images(images, scale)
-    return images
 
 
 @torch.no_grad()  # not inference_mode: cached maps later feed autograd as plain inputs
 def extract_view(
-    backbone: torch.nn.Module,
+    part: Callable[[torch.Tensor], torch.Tensor],
+    view: Callable[[torch.Tensor], torch.Tensor],
     dataset: MultiLabelDataset,
     device: torch.device,
     batch_size: int,
     num_workers: int,
-    view: str = "image",
-    scale: int | None = None,
     autocast: bool = False,
     progress: bool = False,
+    desc: str = "features",
 ) -> torch.Tensor:
-    """Feature maps of one view ("image", "flipped", "scaled") of every image, in dataset order.
+    """``part(view(images))`` for every image, in dataset order, as float32 on the CPU.
 
     The dataset's transform must be deterministic (test transform), or the cache is not exact.
     """
     from tqdm import tqdm
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
     chunks = []
-    backbone.eval()
-    for images, _ in tqdm(loader, desc=f"features ({view})", disable=not progress, leave=False):
-        images = apply_view(images.to(device), view, scale).contiguous(memory_format=torch.channels_last)
+    for images, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        images = view(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            chunks.append(backbone(images).float().cpu())
+            chunks.append(part(images).float().cpu())
     return torch.cat(chunks)
 
 
@@ -82,7 +82,16 @@ def cached_tensor(cache_dir: Path, key: str, compute) -> torch.Tensor:
         return torch.load(path, map_location="cpu", weights_only=True)
     tensor = compute()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{id(tensor)}.tmp")
     torch.save(tensor, tmp)
     tmp.replace(path)
     return tensor
+
+
+def gather_rows(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``source[index]``; into page-locked memory when the source is pinned, so the copy to the
+    GPU can overlap compute (``non_blocking``)."""
+    if not source.is_pinned():
+        return source[index]
+    out = torch.empty((len(index), *source.shape[1:]), dtype=source.dtype, pin_memory=True)
+    return torch.index_select(source, 0, index, out=out)

@@ -1,24 +1,322 @@
-"""Markdown report comparing the variants of a run group, per class (like Table 8 of Viel's report)."""
+"""Markdown report comparing the variants of a run group, per class (like Table 8 of Viel's report).
+
+Layout of a run group (``python -m train all [--seeds N]``)::
+
+    runs/<group>/<variant>/              first seed: eval.json [+ eval_scores.npz]
+    runs/<group>/seed<S>/<variant>/      further seeds (S = the seed value), same files
+
+``eval_scores.npz`` holds ``scores`` (N, C) float probabilities on the evaluation split in
+dataset order, ``targets`` (N, C) int8 in {1, 0, -1} and ``ids`` (N,) image ids (a str array; not
+pickled objects), the same images in the same order for every variant and seed of a group.
+
+``write_report(group)`` writes ``report.md`` (summary, "Seeds" section, per-class AP) and
+``report.json`` with the numbers of the "Seeds" section, so an app can show them without
+recomputing. All values in report.json are fractions in [0, 1] (the markdown shows percent /
+percentage points); nan is written as null. Keys:
+
+- ``group`` (str), ``dataset``, ``split`` (str or null), ``num_images`` (int or null): from the
+  first seed's eval.json of the first variant.
+- ``variants``: variant names in report order.
+- ``seeds``: ``{variant: {"seeds": [int or null, ...], "runs": [run folder relative to the group,
+  ...], "map" | "cf1" | "of1": {"values": [...one per run...], "mean": float, "std": float or null
+  (sample std, ddof=1; null with one seed), "n": int}}}``; runs are ordered first seed first, then
+  ``seed<S>`` folders by S.
+- ``bootstrap``: ``{"reference": "baseline" or null, "num_samples": int, "confidence": float,
+  "seed": int (RNG seed of the resampling), "p_value": str (its definition), "skipped": str or null
+  (why no comparison was made at all, e.g. no baseline), "comparisons": {variant: {...}}}`` with
+  one entry per graph variant (every variant but the reference). An entry is either
+  ``{"skipped": "<reason>"}`` (e.g. eval_scores.npz missing) or ``{"skipped": null, "difference",
+  "low", "high", "p_value", "map_a" (reference mAP, mean over its seeds), "map_b" (this variant's),
+  "num_samples", "num_valid", "confidence", "seed", "num_images", "num_seeds_a", "num_seeds_b",
+  "verdict" ("better" | "worse" | "not distinguishable"), "runs_a", "runs_b" (run folders used),
+  "runs_without_scores" (run folders of either model left out because they lack
+  eval_scores.npz)}``; ``difference`` = variant - reference mAP on the full evaluation split and
+  [``low``, ``high``] its paired bootstrap interval (see ``mlc.metrics.paired_bootstrap``).
+"""
 from __future__ import annotations
 
 import json
+import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from mlc.metrics import bootstrap_versus_reference, seed_summary
 from train.config import VARIANTS
+
+REFERENCE = "baseline"
+SCORES_FILE = "eval_scores.npz"
+SEED_METRICS = (("mAP", "map"), ("CF1", "cf1"), ("OF1", "of1"))
+P_VALUE_DEFINITION = "two-sided: min(1, 2 * min(share of resamples with difference <= 0, share with >= 0))"
+_SEED_DIR = re.compile(r"^seed(\d+)$")
+
+
+@dataclass
+class SeedRun:
+    """One evaluated run of a variant: its seed (None if eval.json does not say), folder and eval.json."""
+
+    variant: str
+    seed: int | None
+    run_dir: Path
+    result: dict
+
+
+def _ordered(found: dict[str, Any]) -> dict[str, Any]:
+    order = [v for v in VARIANTS if v in found] + [v for v in found if v not in VARIANTS]
+    return {v: found[v] for v in order}
 
 
 def load_results(group_dir: Path) -> dict[str, dict]:
-    """eval.json of every variant folder in a group, in the canonical variant order."""
+    """eval.json of every variant folder in a group (the first seed), in the canonical variant order."""
     found = {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(group_dir).glob("*/eval.json"))}
-    order = [v for v in VARIANTS if v in found] + [v for v in found if v not in VARIANTS]
-    return {v: found[v] for v in order}
+    return _ordered(found)
+
+
+def _seed_folders(group_dir: Path) -> list[tuple[int, Path]]:
+    folders = []
+    for p in Path(group_dir).iterdir():
+        m = _SEED_DIR.match(p.name)
+        if m and p.is_dir():
+            folders.append((int(m.group(1)), p))
+    return sorted(folders)
+
+
+def load_seed_runs(group_dir: Path) -> dict[str, list[SeedRun]]:
+    """Every evaluated run of every variant: the first seed, then ``seed<S>/`` folders by S."""
+    group_dir = Path(group_dir)
+    runs: dict[str, list[SeedRun]] = {}
+    for variant, result in load_results(group_dir).items():
+        runs.setdefault(variant, []).append(SeedRun(variant, result.get("seed"), group_dir / variant, result))
+    for s, folder in _seed_folders(group_dir):
+        for path in sorted(folder.glob("*/eval.json")):
+            result = json.loads(path.read_text())
+            runs.setdefault(path.parent.name, []).append(SeedRun(path.parent.name, result.get("seed", s), path.parent, result))
+    return _ordered(runs)
+
+
+def _clean(x: Any) -> Any:
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
+def _rel(run: SeedRun, group_dir: Path) -> str:
+    try:
+        return run.run_dir.relative_to(group_dir).as_posix()
+    except ValueError:
+        return str(run.run_dir)
+
+
+def seed_statistics(runs: dict[str, list[SeedRun]], group_dir: Path) -> dict[str, dict]:
+    """Per variant: seeds, run folders and mean / sample std / n of mAP, CF1, OF1 over its runs."""
+    out = {}
+    for variant, items in runs.items():
+        entry: dict[str, Any] = {"seeds": [r.seed for r in items], "runs": [_rel(r, group_dir) for r in items]}
+        for _, key in SEED_METRICS:
+            values = [r.result["metrics"].get(key) for r in items]
+            mean, std, n = seed_summary(values)
+            entry[key] = {"values": [_clean(v) for v in values], "mean": _clean(mean), "std": _clean(std), "n": n}
+        out[variant] = entry
+    return out
+
+
+def _load_scores(run_dir: Path) -> tuple[dict[str, np.ndarray] | None, str]:
+    """(arrays, "") or (None, why not)."""
+    path = run_dir / SCORES_FILE
+    if not path.is_file():
+        return None, f"no {SCORES_FILE}"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: np.asarray(z[k]) for k in ("scores", "targets", "ids")}
+    except (OSError, ValueError, KeyError) as e:
+        return None, f"unreadable {SCORES_FILE} ({e})"
+    s, t, ids = data["scores"], data["targets"], data["ids"]
+    if s.ndim != 2 or s.shape != t.shape or ids.shape != (s.shape[0],):
+        return None, f"{SCORES_FILE} has inconsistent shapes (scores {s.shape}, targets {t.shape}, ids {ids.shape})"
+    return data, ""
+
+
+def bootstrap_comparisons(
+    runs: dict[str, list[SeedRun]],
+    group_dir: Path,
+    reference: str = REFERENCE,
+    num_samples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Paired bootstrap of every other variant's mAP against ``reference``, pooled over seeds.
+
+    Only runs with ``eval_scores.npz`` take part; a comparison is skipped (with the reason) when
+    either model has none, or when its images or targets differ from the reference's.
+    """
+    out: dict[str, Any] = {"reference": reference if reference in runs else None, "num_samples": num_samples,
+                           "confidence": confidence, "seed": seed, "p_value": P_VALUE_DEFINITION,
+                           "skipped": None, "comparisons": {}}
+    others = [v for v in runs if v != reference]
+    if reference not in runs:
+        out["skipped"] = f"no `{reference}` variant in this group to compare against"
+        return out
+    if not others:
+        out["skipped"] = f"no variant besides `{reference}`"
+        return out
+
+    def collect(variant: str):
+        arrays, used, missing, problems = [], [], [], []
+        for r in runs[variant]:
+            data, why = _load_scores(r.run_dir)
+            if data is None:
+                if why == f"no {SCORES_FILE}":
+                    missing.append(_rel(r, group_dir))
+                else:
+                    problems.append(f"{_rel(r, group_dir)} ({why})")
+            else:
+                arrays.append(data)
+                used.append(_rel(r, group_dir))
+        return arrays, used, missing, problems
+
+    ref_arrays, ref_used, ref_missing, ref_problems = collect(reference)
+    if not ref_arrays:
+        reason = f"`{reference}` has no readable {SCORES_FILE} (" + "; ".join(
+            [f"missing in {r}" for r in ref_missing] + ref_problems) + ")"
+        out["comparisons"] = {v: {"skipped": reason} for v in others}
+        return out
+    ids, targets = ref_arrays[0]["ids"], ref_arrays[0]["targets"]
+
+    def mismatch(data: dict[str, np.ndarray]) -> str:
+        if data["ids"].shape != ids.shape or not np.array_equal(data["ids"], ids):
+            return "image ids differ"
+        if not np.array_equal(data["targets"], targets):
+            return "targets differ"
+        return ""
+
+    bad_ref = [f"{run} ({mismatch(d)})" for d, run in zip(ref_arrays, ref_used) if mismatch(d)]
+    if bad_ref:
+        reason = f"the runs of `{reference}` were not evaluated on the same images: " + "; ".join(bad_ref)
+        out["comparisons"] = {v: {"skipped": reason} for v in others}
+        return out
+
+    candidates, extra = {}, {}
+    for variant in others:
+        arrays, used, missing, problems = collect(variant)
+        problems += [f"{run} ({mismatch(d)} from `{reference}`)" for d, run in zip(arrays, used) if mismatch(d)]
+        if problems:
+            out["comparisons"][variant] = {"skipped": "; ".join(problems)}
+        elif not arrays:
+            out["comparisons"][variant] = {"skipped": f"no {SCORES_FILE} in " + ", ".join(missing) + " (older run?)"}
+        else:
+            candidates[variant] = [d["scores"] for d in arrays]
+            extra[variant] = {"runs_a": ref_used, "runs_b": used, "runs_without_scores": ref_missing + missing}
+    if candidates:
+        ref_scores = [d["scores"] for d in ref_arrays]
+        results = bootstrap_versus_reference(ref_scores, candidates, targets, num_samples, seed, confidence)
+        for variant, res in results.items():
+            out["comparisons"][variant] = {"skipped": None, **res.to_dict(), **extra[variant]}
+    out["comparisons"] = {v: out["comparisons"][v] for v in others}
+    return out
+
+
+def seeds_analysis(group_dir: Path, num_samples: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+    """The content of report.json (see the module docstring)."""
+    group_dir = Path(group_dir)
+    runs = load_seed_runs(group_dir)
+    first = next(iter(runs.values()))[0].result if runs else {}
+    return {
+        "group": group_dir.name,
+        "dataset": first.get("dataset"),
+        "split": first.get("split"),
+        "num_images": first.get("num_images"),
+        "variants": list(runs),
+        "seeds": seed_statistics(runs, group_dir),
+        "bootstrap": bootstrap_comparisons(runs, group_dir, REFERENCE, num_samples, seed, confidence),
+    }
 
 
 def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
-def comparison_report(results: dict[str, dict], title: str = "Run group") -> str:
+def _pp(x: float, sign: bool = True) -> str:
+    return f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}"
+
+
+def _verdict_words(verdict: str) -> str:
+    return {"better": "interval excludes 0: better", "worse": "interval excludes 0: worse"}.get(
+        verdict, "interval includes 0: not distinguishable")
+
+
+def seeds_section(analysis: dict[str, Any]) -> list[str]:
+    """Markdown lines of the "Seeds" section for ``seeds_analysis(...)``."""
+    stats = analysis["seeds"]
+    names = list(stats)
+    if not names:
+        return []
+    lines = ["## Seeds", "",
+             "Over training seeds, in percent: mean ± sample standard deviation (n = number of seeds).", "",
+             "| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for label, key in SEED_METRICS:
+        cells = []
+        for n in names:
+            m = stats[n][key]
+            if m["n"] == 0:
+                cells.append("n/a")
+            elif m["std"] is None:
+                cells.append(f"{100 * m['mean']:.2f} (n={m['n']})")
+            else:
+                cells.append(f"{100 * m['mean']:.2f} ± {100 * m['std']:.2f} (n={m['n']})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("| seeds | " + " | ".join(
+        ", ".join("n/a" if s is None else str(s) for s in stats[n]["seeds"]) for n in names) + " |")
+    single = [n for n in names if len(stats[n]["runs"]) < 2]
+    lines.append("")
+    if len(single) == len(names):
+        lines.append("Only one seed per variant: the seed-to-seed spread is unknown, so the intervals below "
+                     "cover only the choice of evaluation images, not training noise.")
+    elif single:
+        listed = ", ".join(f"`{n}`" for n in single)
+        lines.append(f"Only one seed for {listed}: its seed-to-seed spread is unknown.")
+    else:
+        counts = ", ".join(f"`{n}` {len(stats[n]['runs'])}" for n in names)
+        lines.append(f"Seeds per variant: {counts}.")
+
+    boot = analysis["bootstrap"]
+    ref = boot["reference"]
+    lines += ["", f"### mAP difference from `{ref or REFERENCE}` (paired bootstrap over images)", ""]
+    if boot["skipped"]:
+        lines.append(f"Bootstrap skipped: {boot['skipped']}.")
+        return lines
+    done = {v: c for v, c in boot["comparisons"].items() if c.get("skipped") is None}
+    skipped = {v: c["skipped"] for v, c in boot["comparisons"].items() if c.get("skipped") is not None}
+    if done:
+        any_result = next(iter(done.values()))
+        conf = round(100 * boot["confidence"])
+        lines += [
+            f"{boot['num_samples']} resamples (RNG seed {boot['seed']}), each drawing the "
+            f"{any_result['num_images']} evaluation images with replacement, the same images for both models; "
+            "a model's mAP on a resample is the mean over its seeds' mAPs on it "
+            f"(`{ref}`: {any_result['num_seeds_a']} seed(s)). "
+            f"Δ = variant − `{ref}` mAP on the full split, in percentage points, with its {conf}% percentile "
+            "interval; p is the two-sided bootstrap p-value. The interval reflects the finite evaluation set "
+            "(and averages seed noise in the means), not the spread between seeds.", "",
+            f"| variant | seeds | ΔmAP (pp) | {conf}% interval (pp) | p | verdict |", "|---" * 6 + "|"]
+        for v, c in done.items():
+            floor = 1 / c["num_valid"] if c["num_valid"] else 0
+            p = "n/a" if c["p_value"] is None else (f"< {floor:.3g}" if c["p_value"] < floor else f"{c['p_value']:.3f}")
+            interval = "n/a" if c["low"] is None else f"[{_pp(c['low'])}, {_pp(c['high'])}]"
+            lines.append(f"| {v} | {c['num_seeds_b']} | {_pp(c['difference'])} | {interval} | {p} | "
+                         f"{_verdict_words(c['verdict'])} |")
+        left_out = sorted({r for c in done.values() for r in c["runs_without_scores"]})
+        if left_out:
+            lines += ["", f"Runs left out for lack of `{SCORES_FILE}`: {', '.join(left_out)}."]
+    if skipped and not done and len(set(skipped.values())) == 1:
+        lines.append(f"Bootstrap skipped for every variant: {next(iter(skipped.values()))}.")
+    elif skipped:
+        lines += ([""] if done else []) + [f"- `{v}`: bootstrap skipped: {why}." for v, why in skipped.items()]
+    return lines
+
+
+def comparison_report(results: dict[str, dict], title: str = "Run group", analysis: dict[str, Any] | None = None) -> str:
+    """The markdown report; ``analysis`` (from ``seeds_analysis``) adds the "Seeds" section."""
     if not results:
         return f"# {title}\n\nNo evaluated variants yet.\n"
     names = list(results)
@@ -38,6 +336,11 @@ def comparison_report(results: dict[str, dict], title: str = "Run group") -> str
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("| selected epoch | " + " | ".join(str(results[n].get("selected_epoch", "")) for n in names) + " |")
     lines.append("| train time (min) | " + " | ".join(f"{results[n].get('train_seconds', 0) / 60:.1f}" for n in names) + " |")
+    if analysis is not None:
+        lines += ["", "The summary and per-class tables show the first seed; the Seeds section covers all of them."]
+        section = seeds_section(analysis)
+        if section:
+            lines += [""] + section
     lines += ["", "## Per-class AP", "", "| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for i, cls in enumerate(classes):
         values = [results[n]["metrics"]["ap"][i] for n in names]
@@ -52,8 +355,16 @@ def comparison_report(results: dict[str, dict], title: str = "Run group") -> str
     return "\n".join(lines) + "\n"
 
 
-def write_report(group_dir: Path) -> Path:
+def write_report(group_dir: Path, num_samples: int = 1000, seed: int = 0, confidence: float = 0.95) -> Path:
+    """Write ``report.md`` and ``report.json`` into the group folder; returns the report.md path.
+
+    ``num_samples`` / ``seed`` / ``confidence``: the paired bootstrap's resamples, RNG seed and level.
+    """
     group_dir = Path(group_dir)
     path = group_dir / "report.md"
-    path.write_text(comparison_report(load_results(group_dir), title=f"Run group `{group_dir.name}`"))
+    results = load_results(group_dir)
+    analysis = seeds_analysis(group_dir, num_samples, seed, confidence) if results else None
+    path.write_text(comparison_report(results, title=f"Run group `{group_dir.name}`", analysis=analysis))
+    if analysis is not None:
+        (group_dir / "report.json").write_text(json.dumps(analysis, indent=2, allow_nan=False) + "\n")
     return path

@@ -32,7 +32,14 @@ class Normalization:
 
 
 class Backbone(nn.Module):
-    """Wraps a feature extractor: ``forward(images) -> (B, N, H/32, W/32)``."""
+    """Wraps a feature extractor: ``forward(images) -> (B, N, H/32, W/32)``.
+
+    Bodies made of a sequence of blocks can also be cut in two at a block index ``cut``:
+    ``forward_top(forward_bottom(x, cut), cut) == forward(x)``. Fine-tuning only the top part on
+    cached outputs of the (frozen, pretrained) bottom is what makes stage 2 affordable on a CPU.
+    """
+
+    min_input_size = 32  # stride 32: a smaller image has no feature-map cell
 
     def __init__(self, body: nn.Module, num_features: int, normalization: Normalization, name: str):
         super().__init__()
@@ -44,6 +51,42 @@ class Backbone(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.body(images)
 
+    @property
+    def num_blocks(self) -> int | None:
+        """Number of blocks a cut can be placed before (None: this body cannot be cut)."""
+        return len(self.body.blocks()) if hasattr(self.body, "blocks") else None
+
+    def _check_cut(self, cut: int) -> None:
+        n = self.num_blocks
+        if n is None:
+            raise BackboneError(f"backbone {self.name!r} cannot be cut into bottom and top parts")
+        if not 0 <= cut < n:
+            raise BackboneError(f"backbone {self.name!r} has blocks 0..{n - 1}; cannot cut before block {cut}")
+
+    def forward_bottom(self, images: torch.Tensor, cut: int) -> torch.Tensor:
+        """Output of the blocks before ``cut`` (for efficientnet_lite0: stem + blocks 0..cut-1)."""
+        self._check_cut(cut)
+        return self.body.forward_bottom(images, cut)
+
+    def forward_top(self, x: torch.Tensor, cut: int) -> torch.Tensor:
+        """The rest of the body, from block ``cut`` to the last feature map."""
+        self._check_cut(cut)
+        return self.body.forward_top(x, cut)
+
+    def top_modules(self, cut: int) -> list[nn.Module]:
+        """The modules whose parameters the top part holds (what a top-block fine-tune trains)."""
+        self._check_cut(cut)
+        return self.body.top_modules(cut)
+
+    def top_state_names(self, cut: int) -> set[str]:
+        """Names (as in this backbone's state_dict) of the top part's parameters and buffers."""
+        ids = {id(t) for m in self.top_modules(cut) for t in list(m.parameters()) + list(m.buffers())}
+        names = set()
+        for name, tensor in list(self.named_parameters()) + list(self.named_buffers()):
+            if id(tensor) in ids:
+                names.add(name)
+        return names
+
 
 class _EfficientNetLiteBody(nn.Module):
     """EfficientNet-Lite trunk without its ImageNet head (kept aside for the sanity test)."""
@@ -54,6 +97,32 @@ class _EfficientNetLiteBody(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x)
+
+    def blocks(self) -> nn.ModuleList:
+        return self.net._blocks
+
+    def _block(self, idx: int, x: torch.Tensor) -> torch.Tensor:
+        rate = self.net._global_params.drop_connect_rate  # as extract_features scales it
+        if rate:
+            rate *= float(idx) / len(self.net._blocks)
+        return self.net._blocks[idx](x, drop_connect_rate=rate)
+
+    def forward_bottom(self, x: torch.Tensor, cut: int) -> torch.Tensor:
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        for idx in range(cut):
+            x = self._block(idx, x)
+        return x
+
+    def forward_top(self, x: torch.Tensor, cut: int) -> torch.Tensor:
+        net = self.net
+        for idx in range(cut, len(net._blocks)):
+            x = self._block(idx, x)
+        return net._swish(net._bn1(net._conv_head(x)))
+
+    def top_modules(self, cut: int) -> list[nn.Module]:
+        net = self.net
+        return [*net._blocks[cut:], net._conv_head, net._bn1]
 
 
 def _efficientnet_lite0(pretrained: bool, keep_head: bool = False) -> Backbone:
@@ -85,6 +154,43 @@ class _TinyBody(nn.Sequential):
             channels = out
         super().__init__(*layers)
 
+    # one block = conv + BN + ReLU
+    def blocks(self) -> list[nn.Module]:
+        return [nn.Sequential(*list(self)[i:i + 3]) for i in range(0, len(self), 3)]
+
+    def forward_bottom(self, x: torch.Tensor, cut: int) -> torch.Tensor:
+        for layer in list(self)[: 3 * cut]:
+            x = layer(x)
+        return x
+
+    def forward_top(self, x: torch.Tensor, cut: int) -> torch.Tensor:
+        for layer in list(self)[3 * cut:]:
+            x = layer(x)
+        return x
+
+    def top_modules(self, cut: int) -> list[nn.Module]:
+        return list(self)[3 * cut:]
+
+
+class _SequentialBody(nn.Sequential):
+    """A torchvision trunk (an nn.Sequential of stages) that can be cut between its children."""
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self)
+
+    def forward_bottom(self, x: torch.Tensor, cut: int) -> torch.Tensor:
+        for layer in list(self)[:cut]:
+            x = layer(x)
+        return x
+
+    def forward_top(self, x: torch.Tensor, cut: int) -> torch.Tensor:
+        for layer in list(self)[cut:]:
+            x = layer(x)
+        return x
+
+    def top_modules(self, cut: int) -> list[nn.Module]:
+        return list(self)[cut:]
+
 
 def _tiny(pretrained: bool) -> Backbone:
     if pretrained:
@@ -102,9 +208,9 @@ def _torchvision(name: str, pretrained: bool) -> Backbone:
     except Exception as err:  # download failures (offline) surface with the backbone named
         raise BackboneError(f"could not get ImageNet weights for backbone {name!r}: {err}") from err
     if hasattr(net, "layer4"):  # ResNet / ResNeXt / Wide-ResNet
-        body = nn.Sequential(*[m for n, m in net.named_children() if n not in ("avgpool", "fc")])
-    elif hasattr(net, "features"):  # EfficientNet, MobileNet, ConvNeXt, DenseNet, VGG
-        body = net.features
+        body = _SequentialBody(*[m for n, m in net.named_children() if n not in ("avgpool", "fc")])
+    elif hasattr(net, "features") and isinstance(net.features, nn.Sequential):  # EfficientNet, MobileNet, ConvNeXt, VGG
+        body = _SequentialBody(*net.features)
     else:
         raise BackboneError(f"backbone {name!r} has no recognisable feature trunk (layer4 / features)")
     with torch.no_grad():

@@ -58,6 +58,8 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
 
     model_name: ClassVar[str] = ""
     has_cam: ClassVar[bool] = False  # logits linear in pooled features -> CAM exists
+    needs_embeddings: ClassVar[bool] = False  # built from label word embeddings (GloVe)
+    uses_knowledge_graph: ClassVar[bool] = False  # takes an external knowledge graph (Visual Genome)
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(
@@ -93,11 +95,46 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
         }
         self.backbone = create_backbone(backbone, pretrained=pretrained)
         self.num_features = self.backbone.num_features
-        # True while the backbone still equals its packaged/ImageNet weights (only heads trained):
-        # such checkpoints leave the backbone out and rebuild it from those weights on load.
-        self.backbone_is_pretrained = bool(pretrained)
+        # Which part of the backbone differs from its packaged/ImageNet weights: None (only heads
+        # trained), "all", or "top:K" (blocks K.. fine-tuned). Checkpoints store only that part and
+        # rebuild the rest from those weights on load.
+        self.backbone_trained: str | None = None if pretrained else "all"
+
+    @property
+    def backbone_is_pretrained(self) -> bool:
+        """True while the backbone still equals its packaged/ImageNet weights (only heads trained)."""
+        return self.backbone_trained is None
+
+    @backbone_is_pretrained.setter
+    def backbone_is_pretrained(self, value: bool) -> None:
+        self.backbone_trained = None if value else "all"
+
+    # -- training: what the variant's loss needs (G-CAM overrides these) ---------------------
+    def training_views(self) -> tuple[str, ...]:
+        """Views of each training image whose feature maps the loss needs ("image" first)."""
+        return ("image",)
+
+    def view_images(self, images: torch.Tensor, view: str) -> torch.Tensor:
+        """The image batch as seen by ``view`` (the views a subclass's ``training_views`` names)."""
+        if view == "image":
+            return images
+        raise ValueError(f"{self.model_name} has no training view {view!r}")
+
+    def training_loss(
+        self, features: dict[str, torch.Tensor], targets: torch.Tensor, difficult_as_positive: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits) of a batch from the feature maps of its ``training_views``; BCE by default."""
+        from mlc.losses import multilabel_bce
+
+        logits = self.forward_head(features["image"]).logits
+        return multilabel_bce(logits.float(), targets, difficult_as_positive), logits
 
     # -- what each variant provides -------------------------------------------------------
+    @classmethod
+    def describe(cls, params: dict, pooling: str) -> str:
+        """One paragraph for the model card: what this variant computes, with these hyper-parameters."""
+        return f"**{cls.model_name}**: no description available for this variant."
+
     def build_graph(self, label_stats: dict | None) -> dict | None:
         """Derive the variant's graph from training-split label statistics (None if it needs none)."""
         return None
@@ -153,6 +190,7 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
                 "embeddings": self.embeddings,
                 "graph": self.graph or None,
                 "backbone_in_checkpoint": not self.backbone_is_pretrained,
+                "backbone_trained": self.backbone_trained,
             }
         )
 
@@ -163,23 +201,52 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
         save_directory = Path(save_directory)
         config = self.get_config()
         dtype = getattr(self, "_save_dtype", None)
+        keep_backbone = self._saved_backbone_names()
         state = {
             k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
             for k, v in self.state_dict().items()
-            if config["backbone_in_checkpoint"] or not k.startswith("backbone.")
+            if not k.startswith("backbone.") or k[len("backbone."):] in keep_backbone
         }
         config["weights_dtype"] = str(dtype or torch.float32).replace("torch.", "")
         save_file(state, str(save_directory / WEIGHTS_NAME), metadata={"format": "pt"})
         (save_directory / CONFIG_NAME).write_text(json.dumps(config))
 
+    def _saved_backbone_names(self) -> set[str]:
+        """Backbone state names a checkpoint stores: none, all, or those of the fine-tuned top part."""
+        if self.backbone_trained is None:
+            return set()
+        cut = top_cut(self.backbone_trained)
+        if cut is None:
+            return set(self.backbone.state_dict())
+        return self.backbone.top_state_names(cut)
+
     def save(self, folder: str | Path, half: bool = False, **kwargs: Any) -> Path:
-        """Save to a folder (``half`` stores floating weights as float16, loaded back as float32)."""
+        """Save to a folder (``half`` stores floating weights as float16, loaded back as float32).
+
+        Atomic: written to a sibling temporary folder, then swapped in, so a kill mid-save leaves
+        the previous complete folder (or none), never a half-written one.
+        """
+        import shutil
+        import tempfile
+
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
         self._save_dtype = torch.float16 if half else None
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
         try:
-            self.save_pretrained(folder, **kwargs)
+            self.save_pretrained(tmp, **kwargs)
+            old = folder.with_name(f".{folder.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            if folder.exists():
+                folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
         finally:
             self._save_dtype = None
-        return Path(folder)
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return folder
 
     @classmethod
     def from_config(cls, config: dict[str, Any], pretrained_backbone: bool | None = None) -> "MultiLabelModel":
@@ -187,6 +254,9 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
 
         try:
             model_cls = get_model_class(config["model_name"])
+            classes = config["classes"]
+            if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+                raise CheckpointError("the model config's 'classes' must be a non-empty list of names")
             if pretrained_backbone is None:
                 pretrained_backbone = not config.get("backbone_in_checkpoint", True)
             model = model_cls(
@@ -202,7 +272,12 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
             )
         except KeyError as err:
             raise CheckpointError(f"model config lacks the field {err}") from None
-        model.backbone_is_pretrained = not config.get("backbone_in_checkpoint", True)
+        except TypeError as err:  # unknown or missing hyper-parameters
+            raise CheckpointError(f"model config does not fit {config.get('model_name')!r}: {err}") from None
+        if not config.get("backbone_in_checkpoint", True):
+            model.backbone_trained = None
+        else:
+            model.backbone_trained = config.get("backbone_trained") or "all"
         return model
 
     @classmethod
@@ -235,31 +310,36 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
             for path in (config_path, weights_path):
                 if not path.is_file():
                     raise CheckpointError(f"{path} is missing: not a saved mlc model folder")
+        elif not looks_like_repo_id(model_id):
+            raise CheckpointError(f"{model_id}: no such model folder (and not a Hub repo id user/name)")
         else:
-            from huggingface_hub import hf_hub_download
-
-            # "user/repo/variant" names a variant's subfolder of a multi-variant repo (train push)
-            parts = model_id.strip("/").split("/")
-            repo_id, subfolder = "/".join(parts[:2]), "/".join(parts[2:]) or None
-            get = lambda name: hf_hub_download(  # noqa: E731
-                repo_id=repo_id, filename=name, subfolder=subfolder, revision=revision, cache_dir=cache_dir,
-                force_download=force_download, token=token, local_files_only=local_files_only,
-            )
-            config_path, weights_path = Path(get(CONFIG_NAME)), Path(get(WEIGHTS_NAME))
+            config_path, weights_path = _hub_files(model_id, revision, cache_dir, force_download, token, local_files_only)
         try:
             config = json.loads(config_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CheckpointError(f"{config_path} is not valid JSON: {err}") from None
-        model = cls.from_config(config)
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{config_path} must hold a JSON object")
+        try:
+            model = cls.from_config(config)
+        except CheckpointError as err:
+            raise CheckpointError(f"{config_path}: {err}") from None
         try:
             state = load_file(str(weights_path))
         except Exception as err:
             raise CheckpointError(f"{weights_path} cannot be read as safetensors: {err}") from None
         own = model.state_dict()
+        mismatched = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        if mismatched:
+            k = mismatched[0]
+            raise CheckpointError(
+                f"{weights_path} does not match {config_path.name}: {k} has shape {tuple(state[k].shape)}, "
+                f"the config ({len(model.classes)} classes) gives {tuple(own[k].shape)}"
+            )
         state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
-        if not config.get("backbone_in_checkpoint", True):
-            missing = [k for k in missing if not k.startswith("backbone.")]
+        stored = {"backbone." + k for k in model._saved_backbone_names()}
+        missing = [k for k in missing if not k.startswith("backbone.") or k in stored]
         if missing or unexpected:
             raise CheckpointError(
                 f"{weights_path} does not match config {config['model_name']!r}: "
@@ -267,6 +347,47 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
             )
         model.eval()
         return model
+
+
+def top_cut(part: str | None) -> int | None:
+    """The block index of a "top:K" backbone part (None for "all" / None)."""
+    if part is None or part == "all":
+        return None
+    kind, _, index = str(part).partition(":")
+    if kind != "top" or not index.isdigit():
+        raise ValueError(f"backbone part must be 'all' or 'top:K' (K a block index), got {part!r}")
+    return int(index)
+
+
+def looks_like_repo_id(text: str) -> bool:
+    """"user/name" or "user/name/subfolder": what the Hub could serve (a local path never is)."""
+    import re
+
+    if text.startswith((".", "/", "~")) or "\\" in text:
+        return False
+    return re.fullmatch(r"[\w.-]+/[\w.-]+(/[\w.-]+)*", text) is not None
+
+
+def _hub_files(model_id, revision, cache_dir, force_download, token, local_files_only) -> tuple[Path, Path]:
+    """config.json and model.safetensors of a Hub repo (or a variant subfolder), or a CheckpointError."""
+    from huggingface_hub import hf_hub_download
+
+    # "user/repo/variant" names a variant's subfolder of a multi-variant repo (train push)
+    parts = model_id.strip("/").split("/")
+    repo_id, subfolder = "/".join(parts[:2]), "/".join(parts[2:]) or None
+    try:
+        return tuple(  # type: ignore[return-value]
+            Path(hf_hub_download(
+                repo_id=repo_id, filename=name, subfolder=subfolder, revision=revision, cache_dir=cache_dir,
+                force_download=force_download, token=token, local_files_only=local_files_only,
+            ))
+            for name in (CONFIG_NAME, WEIGHTS_NAME)
+        )
+    except Exception as err:  # offline, unknown repo, missing file, HTTP errors
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{model_id}: no such local model folder, and the Hub could not provide it ({type(err).__name__}: {reason[:200]})"
+        ) from None
 
 
 def load_model(path_or_repo_id: str | Path, **kwargs: Any) -> MultiLabelModel:

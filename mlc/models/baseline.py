@@ -14,6 +14,16 @@ class Baseline(MultiLabelModel):
     has_cam = True
     defaults = {"dropout": 0.0}
 
+    @classmethod
+    def describe(cls, params: dict, pooling: str) -> str:
+        """One paragraph for the model card: what this variant computes, with these hyper-parameters."""
+        pooled = f"globally {pooling}-pooled"
+        return (
+            f"**baseline**: the backbone's last feature map is {pooled} and one linear layer gives one "
+            "logit per label. Labels are predicted independently: no label graph, no label embeddings. "
+            "It is the reference the graph variants have to beat."
+        )
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.dropout = nn.Dropout(self.params["dropout"])

@@ -19,7 +19,23 @@ from mlc.stats import LabelStatistics
 
 @register_model("ggnn")
 class GGNNClassifier(MultiLabelModel):
+    uses_knowledge_graph = True
     defaults = {"state_dim": 10, "steps": 3, "graph_tau": 0.1, "graph_p": 0.1, "dropout": 0.0}
+
+    @classmethod
+    def describe(cls, params: dict, pooling: str) -> str:
+        """One paragraph for the model card: what this variant computes, with these hyper-parameters."""
+        pooled = f"globally {pooling}-pooled"
+        return (
+            "**ggnn**: a gated graph neural network over a knowledge graph (Marino et al. 2017, in Viel's "
+            f"variant). The {pooled} image features are mapped by a linear layer to one score per graph "
+            f"node; each score is repeated into a {params.get('state_dim', '?')}-dimensional node state and "
+            f"propagated for {params.get('steps', '?')} steps along incoming and outgoing edges (A_in, "
+            "A_out) with GRU-style gated updates. A linear layer over the initial node scores and the "
+            "flattened final node states gives the label logits. The graph comes from Visual Genome "
+            "relationships when available, otherwise from the training split's label co-occurrence; "
+            "see *Label graph* below."
+        )
 
     def __init__(self, *args, knowledge_graph=None, **kwargs):
         """``knowledge_graph``: a ``mlc.graph.KnowledgeGraph`` (e.g. Visual Genome) whose first C nodes are the labels."""

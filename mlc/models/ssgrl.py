@@ -22,7 +22,27 @@ from mlc.stats import LabelStatistics
 class SSGRL(MultiLabelModel):
     # interaction_dim: None = the paper (GGNN over N-dim features); a smaller value projects f^c first,
     # which cuts the GGNN's 9 N^2 weights (15M for N = 1280) for CPU training and small checkpoints.
-    defaults = {"hidden_dim": 1024, "steps": 3, "interaction_dim": None}
+    # dropout: on the decoupled class features f^c, the same regularisation the other heads get on
+    # their pooled features (frozen-feature training overfits without it).
+    needs_embeddings = True
+    defaults = {"hidden_dim": 1024, "steps": 3, "interaction_dim": None, "dropout": 0.0}
+
+    @classmethod
+    def describe(cls, params: dict, pooling: str) -> str:
+        """One paragraph for the model card: what this variant computes, with these hyper-parameters."""
+        pooled = f"globally {pooling}-pooled"
+        return (
+            "**ssgrl**: semantic-specific graph representation learning (Chen et al. 2019). *Semantic "
+            "decoupling*: for every label, an attention map over the feature-map positions, guided by the "
+            f"label's word embedding (low-rank bilinear, hidden size {params.get('hidden_dim', '?')}), "
+            "pools one feature vector per label. *Semantic interaction*: a gated graph neural network over "
+            "the labels, initialised with those vectors"
+            + (f" (first projected to {params['interaction_dim']} dimensions)" if params.get("interaction_dim") else "")
+            + ", propagates for "
+            f"{params.get('steps', '?')} steps along the training split's conditional probabilities "
+            "P(j | i) (incoming) and their transpose (outgoing), without a threshold. Each label's logit "
+            "is a linear function of its decoupled feature and its final graph state."
+        )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -40,6 +60,7 @@ class SSGRL(MultiLabelModel):
         )
         self.class_weight = nn.Parameter(torch.empty(self.num_classes, n + k))
         self.class_bias = nn.Parameter(torch.zeros(self.num_classes))
+        self.dropout = nn.Dropout(self.params["dropout"])
         nn.init.normal_(self.class_weight, std=(n + k) ** -0.5)
 
     def build_graph(self, label_stats):
@@ -51,6 +72,7 @@ class SSGRL(MultiLabelModel):
 
     def forward_head(self, features: torch.Tensor, explain: bool = False) -> ModelOutput:
         decoupled, attention = self.semantic_decoupling(features, self.label_embeddings)  # (B, C, N)
+        decoupled = self.dropout(decoupled)
         h_t = self.semantic_interaction(self.interaction_input(decoupled))
         joint = torch.cat([decoupled, h_t], dim=-1)  # (B, C, N + k)
         logits = (joint * self.class_weight).sum(-1) + self.class_bias
