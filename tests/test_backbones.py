@@ -46,3 +46,17 @@ def test_packaged_efficientnet_lite0_classifies_a_real_photo():
         top5 = backbone.body.net(x).topk(5).indices[0].tolist()
     # Grace Hopper in uniform: ImageNet 652 military uniform, 457 bow tie, 834 suit, 906 Windsor tie
     assert top5[0] == 652 or {652, 457, 834, 906} & set(top5[:2])
+
+
+@pytest.mark.parametrize("name, cut", [("tiny", 3), ("resnet18", 6), ("efficientnet_lite0", 15)])
+def test_bottom_then_top_equals_the_whole_backbone(name, cut):
+    b = create_backbone(name, pretrained=name == "efficientnet_lite0").eval()
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(b.forward_top(b.forward_bottom(x, cut), cut), b(x), rtol=0, atol=0)
+    top = b.top_state_names(cut)
+    assert top and top < set(b.state_dict())
+    trainable = {id(p) for m in b.top_modules(cut) for p in m.parameters()}
+    assert all(id(p) in trainable for n, p in b.named_parameters() if n in top)
+    with pytest.raises(BackboneError, match="cannot cut"):
+        b.forward_bottom(x, 99)

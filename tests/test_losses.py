@@ -51,3 +51,38 @@ def test_bce_difficult_handling():
     torch.testing.assert_close(as_pos, torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([[1.0, 0.0]])))
     ignored = multilabel_bce(logits, targets, difficult_as_positive=False)
     torch.testing.assert_close(ignored, torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor(-1.0), torch.tensor(0.0)))
+
+
+def test_gcam_consistency_is_the_sum_of_flip_and_scale_as_in_the_paper(tiny_setup):
+    """G-CAM eq. 5: L = (1 - lambda) BCE + lambda (L_flip + L_scale); "mean" keeps the old average."""
+    from mlc.explain import class_activation_maps
+
+    torch.manual_seed(0)
+    model = tiny_model("gcam", tiny_setup)
+    features, flipped, scaled = torch.randn(2, 32, 4, 4), torch.randn(2, 32, 4, 4), torch.randn(2, 32, 3, 3)
+    targets = torch.tensor([[1, 0, 0, 1, 0], [0, 1, 1, 0, 0]], dtype=torch.float32)
+    weights = model.classifier()[0]
+    cams = class_activation_maps(features, weights)
+    l_flip = ((cams.flip(-1) - class_activation_maps(flipped, weights)) ** 2).mean()
+    resized = torch.nn.functional.interpolate(cams, size=(3, 3), mode="bilinear", align_corners=False)
+    l_scale = ((resized - class_activation_maps(scaled, weights)) ** 2).mean()
+    bce = multilabel_bce(model.forward_head(features).logits, targets)
+    loss, _, _ = GCAMLoss(weight=0.4)(model, features, targets, flipped, scaled)
+    torch.testing.assert_close(loss, 0.6 * bce + 0.4 * (l_flip + l_scale))
+    mean, _, _ = GCAMLoss(weight=0.4, reduction="mean")(model, features, targets, flipped, scaled)
+    torch.testing.assert_close(mean, 0.6 * bce + 0.4 * (l_flip + l_scale) / 2)
+    # the variant's own training loss is the paper's form by default
+    own, _ = model.training_loss({"image": features, "flipped": flipped, "scaled": scaled}, targets)
+    torch.testing.assert_close(own, loss)
+
+
+def test_gcam_second_scale_is_a_ratio_of_the_input_size(tiny_setup):
+    model = tiny_model("gcam", tiny_setup)
+    assert model.training_views() == ("image", "flipped", "scaled")
+    assert model.view_images(torch.zeros(1, 3, 224, 224), "scaled").shape[-1] == 192
+    assert model.view_images(torch.zeros(1, 3, 448, 448), "scaled").shape[-1] == 384
+    absolute = tiny_model("gcam", tiny_setup, scale_size=192)
+    assert absolute.view_images(torch.zeros(1, 3, 448, 448), "scaled").shape[-1] == 192
+    legacy = tiny_model("gcam", tiny_setup, scales=[224, 192])  # checkpoints saved before the ratio
+    assert legacy.view_images(torch.zeros(1, 3, 448, 448), "scaled").shape[-1] == 192
+    assert tiny_model("mlgcn", tiny_setup).training_views() == ("image",)

@@ -97,3 +97,15 @@ def test_bad_checkpoints_are_named(tiny_setup, tmp_path):
 def test_missing_graph_inputs_are_explained():
     with pytest.raises(ValueError, match="label embeddings"):
         create_model("mlgcn", classes=["a", "b"], backbone="tiny", pretrained=False)
+
+
+def test_ssgrl_has_the_same_dropout_option_as_the_other_heads(tiny_setup):
+    model = tiny_model("ssgrl", tiny_setup, dropout=0.5)
+    features = torch.randn(3, 32, 4, 4)
+    model.eval()
+    torch.testing.assert_close(model.forward_head(features).logits, model.forward_head(features).logits)
+    model.train()
+    torch.manual_seed(0)
+    a = model.forward_head(features).logits
+    torch.manual_seed(1)
+    assert not torch.allclose(a, model.forward_head(features).logits)

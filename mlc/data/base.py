@@ -95,11 +95,17 @@ class MultiLabelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_paths)
 
-    def load_image(self, i: int) -> Image.Image:
-        """Decode image `i` fully as RGB, so a broken file fails here with its path in the message."""
+    def load_image(self, i: int, draft_size: int | None = None) -> Image.Image:
+        """Decode image `i` fully as RGB, so a broken file fails here with its path in the message.
+
+        `draft_size` lets a JPEG decode at 1/2, 1/4 or 1/8 scale while both sides stay at least
+        `draft_size` (PIL's `Image.draft`); other formats ignore it.
+        """
         path = self.image_paths[i]
         try:
             with Image.open(path) as image:
+                if draft_size and image.format == "JPEG":
+                    image.draft(None, (int(draft_size), int(draft_size)))
                 image.load()
                 return to_rgb(image)
         except FileNotFoundError as exc:
@@ -108,7 +114,8 @@ class MultiLabelDataset(Dataset):
             raise DatasetError(f"{path}: cannot read image ({exc})") from exc
 
     def __getitem__(self, i: int) -> tuple[Any, torch.Tensor]:
-        image = self.load_image(i)
+        draft_size = getattr(self.transform, "draft_size", None)  # set by augmenting train transforms
+        image = self.load_image(i, draft_size) if draft_size else self.load_image(i)
         if self.transform is not None:
             image = self.transform(image)
         return image, torch.from_numpy(self.labels[i].astype(np.float32))

@@ -257,8 +257,9 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
             classes = config["classes"]
             if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
                 raise CheckpointError("the model config's 'classes' must be a non-empty list of names")
-            if pretrained_backbone is None:
-                pretrained_backbone = not config.get("backbone_in_checkpoint", True)
+            if pretrained_backbone is None:  # rebuilt from packaged weights unless all of it is stored
+                pretrained_backbone = (not config.get("backbone_in_checkpoint", True)
+                                       or top_cut(config.get("backbone_trained")) is not None)
             model = model_cls(
                 classes=config["classes"],
                 backbone=config["backbone"],
@@ -272,7 +273,9 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
             )
         except KeyError as err:
             raise CheckpointError(f"model config lacks the field {err}") from None
-        except TypeError as err:  # unknown or missing hyper-parameters
+        except CheckpointError:
+            raise
+        except (TypeError, ValueError) as err:  # unknown hyper-parameters, inconsistent sizes
             raise CheckpointError(f"model config does not fit {config.get('model_name')!r}: {err}") from None
         if not config.get("backbone_in_checkpoint", True):
             model.backbone_trained = None
