@@ -144,18 +144,21 @@ class Handlers:
         scores = result.scores.assign(cosine=result.scores.cosine.round(4), L_A=result.scores.L_A.map(_significant))
         return status, serving.flip_gallery(decoded.image, result), scores
 
-    @guarded(outputs=2)
+    @guarded(outputs=3)
     def per_class_ap(self) -> tuple:
-        """Per-class AP of every model from its eval.json (rows: classes, last row mAP)."""
+        """Per-class AP of every model from its eval.json (rows: classes, last row mAP), and the
+        seeds / bootstrap intervals of the shipped report.json."""
         table = serving.per_class_ap(self.models)
+        seeds_note, seeds_table = serving.seed_comparison(self.models)
         sources = "; ".join(
             f"{m.name}: {m.evaluation.get('dataset', '?')} {m.evaluation.get('split', '?')}, "
             f"{m.evaluation.get('num_images', '?')} images"
             for m in self.models.methods.values() if m.evaluation is not None
         )
         missing = [m.name for m in self.models.methods.values() if m.evaluation is None]
-        status = f"AP in %. {sources}." + (f" No evaluation for: {', '.join(missing)}." if missing else "")
-        return status, _records(table, "class"), serving.ap_chart(table)
+        status = (f"AP in %. {sources}." + (f" No evaluation for: {', '.join(missing)}." if missing else "")
+                  + f"\n\n**Is a difference real?** {seeds_note}")
+        return status, seeds_table, _records(table, "class"), serving.ap_chart(table)
 
     @guarded(outputs=2)
     def label_graph(self, method: str | None, tau: float, p: float) -> tuple:
@@ -280,6 +283,8 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                                           elem_id="flip-table")
             with gr.Tab("Analysis") as analysis_tab:
                 ap_status = gr.Markdown(elem_id="ap-status")
+                seeds_table = gr.Dataframe(label="mAP over seeds and the bootstrap interval against the baseline",
+                                           interactive=False, elem_id="seeds-table")
                 ap_table = gr.Dataframe(label="Per-class AP (%)", interactive=False, elem_id="ap-table")
                 ap_plot = gr.Plot(label="Per-class AP", elem_id="ap-plot")
                 with gr.Row():
@@ -306,7 +311,8 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                           [flip_status, flip_gallery, flip_table], api_name="flip_consistency")
         graph_io = dict(fn=handlers.label_graph, inputs=[graph_method, tau, p],
                         outputs=[graph_status, heatmap, network])
-        analysis_tab.select(handlers.per_class_ap, None, [ap_status, ap_table, ap_plot], api_name="per_class_ap") \
+        analysis_tab.select(handlers.per_class_ap, None, [ap_status, seeds_table, ap_table, ap_plot],
+                            api_name="per_class_ap") \
             .then(**graph_io, api_name="label_graph") \
             .then(handlers.classifier_tsne, None, [tsne_status, tsne_plot], api_name="classifier_tsne")
         for control in (tau, p):

@@ -226,7 +226,8 @@ def _fetch_hub_repo(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*config.json", "*eval.json", "*model.safetensors"]))
+        return Path(snapshot_download(repo_id, allow_patterns=["*config.json", "*eval.json", "*model.safetensors",
+                                                               "report.json"]))
     except Exception as err:  # offline, unknown repo, invalid id, network: all end as one message
         raise RequestError(f"could not fetch Hub repo {repo_id!r}: {type(err).__name__}: {err}") from None
 
@@ -261,6 +262,7 @@ class ModelSet:
     methods: dict[str, Method]
     problems: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    report: dict | None = None  # report.json of the run group (seeds, bootstrap intervals), if shipped
 
     def __post_init__(self) -> None:
         self.shared = share_backbones({name: m.model for name, m in self.methods.items()})
@@ -280,7 +282,7 @@ class ModelSet:
                 methods[name] = _load_method(name, folder)
             except Exception as err:  # a broken checkpoint must not take the others down
                 problems[name] = str(err) if isinstance(err, RequestError) else f"{type(err).__name__}: {err}"
-        return cls(methods, problems, text)
+        return cls(methods, problems, text, _read_report(root))
 
     @classmethod
     def from_models(cls, models: Mapping[str, MultiLabelModel], source: str = "memory") -> "ModelSet":
@@ -536,6 +538,46 @@ def flip_gallery(image: Image.Image, result: FlipResult) -> list[tuple[np.ndarra
 
 
 # -- analysis -------------------------------------------------------------------------------------
+def _read_report(root: Path) -> dict | None:
+    """``report.json`` written by ``python -m train report`` beside the variant folders, if any."""
+    path = Path(root) / "report.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def seed_comparison(model_set: ModelSet) -> tuple[str, pd.DataFrame | None]:
+    """Each variant's mAP over seeds and, for the graph variants, the paired bootstrap 95% interval
+    of its difference from the baseline, from the shipped report.json (nothing recomputed)."""
+    report = model_set.report or {}
+    seeds, boot = report.get("seeds") or {}, report.get("bootstrap") or {}
+    if not seeds:
+        return "No report.json with seeds was shipped with these models, so differences have no error bars.", None
+    comparisons = boot.get("comparisons") or {}
+    finetune = report.get("finetune") or {}
+    rows = []
+    for variant, entry in seeds.items():
+        m = entry.get("map") or {}
+        spread = "" if m.get("std") is None else f" ± {100 * m['std']:.2f}"
+        row = {"method": variant, "mAP (mean over seeds)": f"{100 * m['mean']:.2f}{spread}" if m.get("mean") is not None else "n/a",
+               "seeds": m.get("n")}
+        if variant in finetune:
+            row["frozen backbone mAP"] = f"{100 * finetune[variant]['stage1_map']['mean']:.2f}"
+        c = comparisons.get(variant)
+        if c and not c.get("skipped"):
+            row[f"vs {boot.get('reference')} (pp, {100 * c['confidence']:.0f}% CI)"] = (
+                f"{100 * c['difference']:+.2f} [{100 * c['low']:+.2f}, {100 * c['high']:+.2f}]")
+            row["verdict"] = {"better": "better (interval above 0)", "worse": "worse (interval below 0)"}.get(
+                c["verdict"], "not distinguishable (interval holds 0)")
+        rows.append(row)
+    status = (f"Over {max((r['seeds'] or 0) for r in rows)} seeds; the interval resamples the "
+              f"{report.get('num_images', '?')} evaluation images ({boot.get('num_samples', '?')} paired bootstrap "
+              "resamples): a difference is real only when its interval excludes 0.")
+    return status, pd.DataFrame(rows)
+
+
 def per_class_ap(model_set: ModelSet) -> pd.DataFrame:
     """AP (%) per class (rows) and method (columns) from each eval.json, mAP as the last row."""
     columns = {}

@@ -47,11 +47,17 @@ def write_checkpoints(root: Path, seed: int = 0) -> Path:
                              embeddings=embeddings, **extra)
         model.backbone_is_pretrained = False  # the random tiny backbone must be saved with the heads
         model.save(root / name)
-        targets = (rng.random((50, len(VOC_CLASSES))) < 0.3).astype(np.int8)
-        report = evaluate(rng.random(targets.shape), targets, VOC_CLASSES)
+        targets = (np.random.default_rng(seed + 1).random((50, len(VOC_CLASSES))) < 0.3).astype(np.int8)
+        scores = rng.random(targets.shape).astype(np.float32)
+        report = evaluate(scores, targets, VOC_CLASSES)
         evaluation = {"model_name": name, "dataset": "voc2007", "split": "test", "num_images": 50,
                       "metrics": report.to_dict()}
         (root / name / "eval.json").write_text(json.dumps(evaluation))
+        np.savez(root / name / "eval_scores.npz", scores=scores, targets=targets,
+                 ids=np.array([f"{i:06d}" for i in range(50)]))
+    from train.report import write_report
+
+    write_report(root, num_samples=50)  # report.json: seeds and bootstrap intervals, as shipped
     return root
 
 
@@ -267,8 +273,14 @@ def test_flip_consistency_images_and_scores(client, photo):
 
 
 def test_per_class_ap_matches_eval_json(client, checkpoints):
-    status, table, plot = client.predict(api_name="/per_class_ap")
-    assert "voc2007 test" in status
+    status, seeds, table, plot = client.predict(api_name="/per_class_ap")
+    assert "voc2007 test" in status and "interval excludes 0" in status
+    report = json.loads((checkpoints / "report.json").read_text())
+    assert [r[0] for r in seeds["data"]] == VARIANTS
+    interval = next(h for h in seeds["headers"] if h.startswith("vs baseline"))
+    ggnn = seeds["data"][1][seeds["headers"].index(interval)]
+    c = report["bootstrap"]["comparisons"]["ggnn"]
+    assert ggnn == f"{100 * c['difference']:+.2f} [{100 * c['low']:+.2f}, {100 * c['high']:+.2f}]"
     assert table["headers"] == ["class", *VARIANTS]
     rows = table["data"]
     assert [r[0] for r in rows] == [*VOC_CLASSES, "mAP"]
@@ -367,7 +379,7 @@ def test_broken_checkpoint_is_reported_and_the_others_work(broken_client, photo)
     assert_good_prediction(predict(broken_client, photo), working)
     _, gallery = broken_client.predict(handle_file(str(photo)), None, api_name="/explain")
     assert [item["caption"].split(" - ")[0] for item in gallery] == working
-    _, table, _ = broken_client.predict(api_name="/per_class_ap")
+    _, _, table, _ = broken_client.predict(api_name="/per_class_ap")
     assert table["headers"] == ["class", *working]
 
 

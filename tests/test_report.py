@@ -72,7 +72,8 @@ def test_seed_section_and_report_json(tmp_path: Path) -> None:
     md = path.read_text()
     data = json.loads((group / "report.json").read_text())
 
-    assert set(data) == {"group", "dataset", "split", "num_images", "variants", "seeds", "bootstrap"}
+    assert set(data) == {"group", "dataset", "split", "num_images", "variants", "seeds", "finetune", "bootstrap"}
+    assert data["finetune"] is None and "Frozen backbone" not in md  # no run had a stage 2
     assert data["variants"] == ["baseline", "ggnn", "mlgcn"] and data["num_images"] == N
     assert data["group"] == "grp" and data["split"] == "val"
     # existing sections are still there
@@ -164,3 +165,25 @@ def test_group_without_baseline(tmp_path: Path) -> None:
     data = json.loads((group / "report.json").read_text())
     assert data["bootstrap"]["reference"] is None and "baseline" in data["bootstrap"]["skipped"]
     assert "Bootstrap skipped" in md
+
+
+def test_frozen_versus_finetuned_section(tmp_path: Path) -> None:
+    group = make_group(tmp_path, seeds=(0, 1), variants=("baseline", "ggnn"))
+    stage1 = {("baseline", 0): 0.50, ("baseline", 1): 0.52, ("ggnn", 0): 0.60, ("ggnn", 1): 0.61}
+    for (variant, seed), value in stage1.items():
+        path = (group / variant if seed == 0 else group / f"seed{seed}" / variant) / "eval.json"
+        result = json.loads(path.read_text())
+        result["stage1"] = {"selected_epoch": 3, "selection_map": 0.5, "metrics": {"map": value}}
+        result["backbone_trained"] = "top:15"
+        path.write_text(json.dumps(result))
+    md = write_report(group, num_samples=20).read_text()
+    data = json.loads((group / "report.json").read_text())["finetune"]
+    finals = {v: _expected_maps(v, (0, 1)) for v in ("baseline", "ggnn")}
+    for variant in ("baseline", "ggnn"):
+        diffs = [finals[variant][k] - stage1[(variant, k)] for k in (0, 1)]
+        assert data[variant]["difference"]["mean"] == pytest.approx(np.mean(diffs))
+        assert data[variant]["difference"]["std"] == pytest.approx(np.std(diffs, ddof=1))
+        assert data[variant]["stage1_map"]["values"] == [stage1[(variant, 0)], stage1[(variant, 1)]]
+        assert data[variant]["finetune"] == "top:15"
+    row = next(line for line in md.splitlines() if line.startswith("| ggnn | 60.50 ± 0.71"))
+    assert f"{100 * np.mean(finals['ggnn']):.2f}" in row

@@ -19,6 +19,7 @@ import io
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -502,6 +503,7 @@ class Trainer:
         elif env.is_main and not resume:
             for stale in ("metrics.csv", "metrics.json", CHECKPOINT, "eval.json", "eval_scores.npz"):
                 (self.run_dir / stale).unlink(missing_ok=True)
+            shutil.rmtree(self.run_dir / "model_stage1", ignore_errors=True)
         env.barrier()
         writer = None
         if env.is_main:
@@ -512,6 +514,8 @@ class Trainer:
         for epoch in range(start_epoch, self.total_epochs):
             stage, _ = self.stage_of(epoch)
             if stage.index != stage_index:
+                if stage.index == 2 and env.is_main and (self.run_dir / "model").is_dir():
+                    self.snapshot_stage1()
                 self.enter_stage(stage)
                 stage_index = stage.index
             row: dict[str, Any] = {"epoch": epoch + 1, "stage": stage.index, "lr": self.optimizer.param_groups[0]["lr"]}
@@ -533,24 +537,47 @@ class Trainer:
             writer.close()
         return self.final_evaluation(history, time.perf_counter() - started)
 
+    def snapshot_stage1(self) -> None:
+        """Keep the best frozen-backbone model as ``model_stage1/`` before stage 2 may replace
+        ``model/``, so eval.json can report frozen against fine-tuned."""
+        target = self.run_dir / "model_stage1"
+        tmp = self.run_dir / ".model_stage1.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(self.run_dir / "model", tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+
+    def evaluate_saved(self, folder: Path, trained: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """Eval-split scores of a saved model (from the cache when it is exact for that model)."""
+        model = load_model(folder).to(self.device)
+        usable, cut = self.cache_source(trained)
+        # the eval split's cached maps are exact when the cached part is untouched by training and
+        # training used those maps (no augmentation of the images that part sees)
+        use_cache = usable and (cut is not None or (self.config.cache_features and not self.stages[0].augment))
+        return self.predict("evaluation", use_cache=use_cache, model=model, trained=trained)
+
     def final_evaluation(self, history: History, seconds: float) -> dict[str, Any]:
         """Evaluate the selected model (as saved) on the eval split; write eval.json and its scores."""
         cfg = self.config
-        best = load_model(self.run_dir / "model").to(self.device)
         best_stage = self.stage_of(history.best_epoch - 1)[0]
         trained = None if best_stage.index == 1 else (cfg.finetune if best_stage.cut is not None else "all")
-        usable, cut = self.cache_source(trained)
-        # the eval split's cached maps are exact for `best` when its cached part is untouched and
-        # training used those maps (no augmentation of the images that part sees)
-        use_cache = usable and (cut is not None or (cfg.cache_features and not self.stages[0].augment))
-        scores, targets = self.predict("evaluation", use_cache=use_cache, model=best, trained=trained)
+        scores, targets = self.evaluate_saved(self.run_dir / "model", trained)
+        best = load_model(self.run_dir / "model")
         report = evaluate(scores, targets, classes=self.splits.fit.classes)
+        stage1 = None
+        if (self.run_dir / "model_stage1").is_dir() and self.stages[1].epochs > 0:
+            stage1_rows = [r for r in history.rows if r["stage"] == 1]
+            s1_scores, _ = self.evaluate_saved(self.run_dir / "model_stage1", None)
+            stage1 = {"selected_epoch": 1 + max(range(len(stage1_rows)), key=lambda i: stage1_rows[i]["selection_map"]),
+                      "selection_map": max(r["selection_map"] for r in stage1_rows),
+                      "metrics": evaluate(s1_scores, targets, classes=self.splits.fit.classes).to_dict()}
         result = {
             "model_name": cfg.variant, "dataset": cfg.dataset, "split": cfg.eval_split, "seed": cfg.seed,
             "num_images": len(self.splits.evaluation), "selected_epoch": history.best_epoch,
             "selected_stage": best_stage.index,
             "backbone_trained": best.backbone_trained, "selection_map": history.best_map, "train_seconds": seconds,
             "split_info": self.split_info.summary(), "metrics": report.to_dict(),
+            "stage1": stage1,  # the best frozen-backbone model of the same run (None without stage 2)
         }
         if self.env.is_main:
             from mlc.hub import model_card

@@ -21,6 +21,9 @@ percentage points); nan is written as null. Keys:
   ...], "map" | "cf1" | "of1": {"values": [...one per run...], "mean": float, "std": float or null
   (sample std, ddof=1; null with one seed), "n": int}}}``; runs are ordered first seed first, then
   ``seed<S>`` folders by S.
+- ``finetune``: null, or ``{variant: {"stage1_map" | "final_map" | "difference": {"values", "mean",
+  "std", "n"}, "finetune": the trained backbone part, "minutes": [per run]}}`` from eval.json's
+  ``stage1`` (the best frozen-backbone model of each run) against its selected final model.
 - ``bootstrap``: ``{"reference": "baseline" or null, "num_samples": int, "confidence": float,
   "seed": int (RNG seed of the resampling), "p_value": str (its definition), "skipped": str or null
   (why no comparison was made at all, e.g. no baseline), "comparisons": {variant: {...}}}`` with
@@ -119,6 +122,46 @@ def seed_statistics(runs: dict[str, list[SeedRun]], group_dir: Path) -> dict[str
             entry[key] = {"values": [_clean(v) for v in values], "mean": _clean(mean), "std": _clean(std), "n": n}
         out[variant] = entry
     return out
+
+
+def finetune_statistics(runs: dict[str, list[SeedRun]]) -> dict[str, dict] | None:
+    """Per variant, over its seeds: mAP of the best frozen-backbone model (eval.json "stage1") and of
+    the selected model after stage 2, and their paired difference; None when no run has a stage 2."""
+    out = {}
+    for variant, items in runs.items():
+        pairs = [(r.result["stage1"]["metrics"]["map"], r.result["metrics"]["map"]) for r in items
+                 if isinstance(r.result.get("stage1"), dict)]
+        if not pairs:
+            continue
+        entry = {}
+        for key, values in (("stage1_map", [a for a, _ in pairs]), ("final_map", [b for _, b in pairs]),
+                            ("difference", [b - a for a, b in pairs])):
+            mean, std, n = seed_summary(values)
+            entry[key] = {"values": values, "mean": _clean(mean), "std": _clean(std), "n": n}
+        entry["finetune"] = items[0].result.get("backbone_trained")
+        entry["minutes"] = [round(r.result.get("train_seconds", 0) / 60, 2) for r in items]
+        out[variant] = entry
+    return out or None
+
+
+def finetune_section(stats: dict[str, dict] | None) -> list[str]:
+    if not stats:
+        return []
+    lines = ["## Frozen backbone vs fine-tuned", "",
+             "Stage 1 = the best epoch with the backbone frozen; final = the epoch the selection split chose "
+             "over both stages (so final >= stage 1 on the selection split, not necessarily on this one). "
+             "mAP in percent, mean ± sample std over seeds.", "",
+             "| variant | stage 1 (frozen) | final | final - stage 1 (pp) | seeds | minutes per run |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for variant, e in stats.items():
+        def fmt(d, pp=False):
+            mean, std = d["mean"], d["std"]
+            text = f"{100 * mean:+.2f}" if pp else f"{100 * mean:.2f}"
+            return text + ("" if std is None else f" ± {100 * std:.2f}")
+        minutes = e["minutes"]
+        lines.append(f"| {variant} | {fmt(e['stage1_map'])} | {fmt(e['final_map'])} | {fmt(e['difference'], True)} | "
+                     f"{e['final_map']['n']} | {sum(minutes) / len(minutes):.1f} |")
+    return lines
 
 
 def _load_scores(run_dir: Path) -> tuple[dict[str, np.ndarray] | None, str]:
@@ -228,6 +271,7 @@ def seeds_analysis(group_dir: Path, num_samples: int = 1000, seed: int = 0, conf
         "num_images": first.get("num_images"),
         "variants": list(runs),
         "seeds": seed_statistics(runs, group_dir),
+        "finetune": finetune_statistics(runs),
         "bootstrap": bootstrap_comparisons(runs, group_dir, REFERENCE, num_samples, seed, confidence),
     }
 
@@ -339,6 +383,9 @@ def comparison_report(results: dict[str, dict], title: str = "Run group", analys
     if analysis is not None:
         lines += ["", "The summary and per-class tables show the first seed; the Seeds section covers all of them."]
         section = seeds_section(analysis)
+        if section:
+            lines += [""] + section
+        section = finetune_section(analysis.get("finetune"))
         if section:
             lines += [""] + section
     lines += ["", "## Per-class AP", "", "| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
