@@ -233,6 +233,7 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
         folder.parent.mkdir(parents=True, exist_ok=True)
         self._save_dtype = torch.float16 if half else None
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is as readable as any other
         try:
             self.save_pretrained(tmp, **kwargs)
             old = folder.with_name(f".{folder.name}.old")
