@@ -172,20 +172,59 @@ class SharedBackbone(nn.Module):
         return self.inner(images)
 
 
+class TopOnSharedBottom(nn.Module):
+    """A backbone whose top blocks were fine-tuned ("top:K"): the pretrained bottom (blocks below K)
+    is shared with the other such models, only the top is the model's own. ``ModelSet.features``
+    runs the shared bottom once per input and each model's top on its output."""
+
+    def __init__(self, bottom: SharedBackbone, own: nn.Module, cut: int):
+        super().__init__()
+        self.bottom, self.cut = bottom, cut
+        self.top = nn.ModuleList(own.top_modules(cut)).requires_grad_(False).eval()
+        self._own = [own]  # a list: not registered, so the own copy's bottom is not counted twice
+        self.name: str = own.name
+        self.num_features: int = own.num_features
+        self.normalization = own.normalization
+
+    def forward_bottom(self, images: torch.Tensor) -> torch.Tensor:
+        self.bottom.passes += 1
+        return self.bottom.inner.forward_bottom(images, self.cut)
+
+    def forward_top(self, x: torch.Tensor) -> torch.Tensor:
+        return self._own[0].forward_top(x, self.cut)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_top(self.forward_bottom(images))
+
+
 def share_backbones(models: Mapping[str, MultiLabelModel]) -> list[SharedBackbone]:
-    """Give models whose backbone is the packaged one (not in the checkpoint) one shared module.
+    """Give models whose backbone is the packaged one (not in the checkpoint) one shared module, and
+    models that fine-tuned only its top blocks ("top:K") one shared bottom.
 
     Models match when backbone name, image size and normalization agree; the other copies are freed.
     """
+    from mlc.models.base import top_cut
+
     shared: dict[tuple, SharedBackbone] = {}
     for model in models.values():
-        if not model.backbone_is_pretrained:
-            continue
         norm = model.normalization
         key = (model.backbone_name, model.image_size, tuple(norm.mean), tuple(norm.std))
-        if key not in shared:
-            shared[key] = SharedBackbone(model.backbone)
-        model.backbone = shared[key]
+        if model.backbone_is_pretrained:
+            if key not in shared:
+                shared[key] = SharedBackbone(model.backbone)
+            model.backbone = shared[key]
+            continue
+        cut = top_cut(model.backbone_trained) if model.backbone_trained != "all" else None
+        if cut is None:
+            continue
+        bottom_key = (*key, "bottom", cut)
+        if bottom_key not in shared:
+            # the bottom of a "top:K" checkpoint is rebuilt from the packaged weights: any of them will do
+            import copy
+
+            shared[bottom_key] = SharedBackbone(copy.deepcopy(model.backbone))
+        model.backbone.requires_grad_(False).eval()
+        model.backbone = TopOnSharedBottom(shared[bottom_key], model.backbone, cut)
     return list(shared.values())
 
 
@@ -318,9 +357,16 @@ class ModelSet:
         computed: dict[tuple[int, int], torch.Tensor] = {}
         out = {}
         for name, m in self.methods.items():
-            key = (id(m.model.backbone), id(inputs[name]))  # inputs() gives equal preprocessing one tensor
+            backbone = m.model.backbone
+            x = inputs[name].flip(-1) if flipped else inputs[name]
+            if isinstance(backbone, TopOnSharedBottom):  # shared bottom once, then this model's top
+                key = (id(backbone.bottom), id(inputs[name]))
+                if key not in computed:
+                    computed[key] = backbone.forward_bottom(x)
+                out[name] = backbone.forward_top(computed[key])
+                continue
+            key = (id(backbone), id(inputs[name]))  # inputs() gives equal preprocessing one tensor
             if key not in computed:
-                x = inputs[name].flip(-1) if flipped else inputs[name]
                 computed[key] = m.model.forward_features(x)
             out[name] = computed[key]
         return out
@@ -361,8 +407,14 @@ def status_markdown(model_set: ModelSet) -> str:
     wanted = list(dict.fromkeys([*model_set.methods, *model_set.problems]))
     head = f"**Models** from `{model_set.source or 'nowhere'}`: {len(model_set.methods)} of {len(wanted)} loaded"
     for backbone in model_set.shared:
-        users = [n for n, m in model_set.methods.items() if m.model.backbone is backbone]
-        head += f"; {', '.join(users)} share one `{backbone.name}` backbone"
+        whole = [n for n, m in model_set.methods.items() if m.model.backbone is backbone]
+        tops = [n for n, m in model_set.methods.items() if getattr(m.model.backbone, "bottom", None) is backbone]
+        if whole:
+            head += f"; {', '.join(whole)} share one `{backbone.name}` backbone"
+        if tops:
+            cut = model_set.methods[tops[0]].model.backbone.cut
+            head += (f"; {', '.join(tops)} share `{backbone.name}` blocks 0-{cut - 1} and run their own "
+                     f"fine-tuned top blocks")
     rows = ["| method | status | backbone | image size | evaluation |", "|---|---|---|---|---|"]
     for name in wanted:
         if name in model_set.methods:

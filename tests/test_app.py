@@ -433,3 +433,40 @@ def test_packaged_backbone_is_shared_and_runs_once_per_input(tmp_path):
     assert shared.passes == 2
     flip_views(model_set, image, "mlgcn", None)
     assert shared.passes == 4  # the image and its mirror image
+
+
+def test_top_finetuned_models_share_the_bottom_and_keep_their_own_top(tmp_path):
+    """Checkpoints that fine-tuned only the top blocks ("top:15") share one pass of blocks 0-14 per
+    input; each model's scores equal those of the model run on its own."""
+    import torch
+
+    from mlc.models import create_model, load_model
+    from mlc.serving import ModelSet, model_input, predict_probabilities
+
+    rng = np.random.default_rng(2)
+    stats = label_statistics((rng.random((60, 20)) < 0.3).astype(np.int8), VOC_CLASSES)
+    embeddings = rng.normal(size=(20, 8)).astype(np.float32)
+    for i, name in enumerate(("baseline", "mlgcn")):
+        model = create_model(name, classes=VOC_CLASSES, backbone="efficientnet_lite0", pretrained=True,
+                             label_stats=stats, embeddings=embeddings)
+        with torch.no_grad():  # a different fine-tuned top per model
+            model.backbone.body.net._conv_head.weight.mul_(1.0 + 0.1 * (i + 1))
+        model.backbone_trained = "top:15"
+        model.save(tmp_path / name)
+    model_set = ModelSet.load(tmp_path)
+    (shared,) = model_set.shared
+    image = Image.open(write_photo(tmp_path / "photo.jpg"))
+    table = predict_probabilities(model_set, image)
+    assert shared.passes == 1
+    for name in ("baseline", "mlgcn"):
+        alone = load_model(tmp_path / name)
+        with torch.no_grad():
+            expected = torch.sigmoid(alone(model_input(image, alone)))[0].numpy()
+        assert table[name].loc[VOC_CLASSES].to_numpy() == pytest.approx(expected, abs=1e-5)
+    assert "share `efficientnet_lite0` blocks 0-14" in serving_status(model_set)
+
+
+def serving_status(model_set) -> str:
+    from mlc.serving import status_markdown
+
+    return status_markdown(model_set)
