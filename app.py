@@ -59,29 +59,53 @@ def default_source() -> str:
     return os.environ.get("MLC_HUB_REPO") or os.environ.get("MLC_CHECKPOINTS") or str(ROOT / "checkpoints")
 
 
-def guarded(outputs: int) -> Callable[[Callable[..., tuple]], Callable[..., tuple]]:
-    """Turn any failure into a status message (first output) and empty other outputs.
+ALLOW_LOADING_ENV = "MLC_ALLOW_MODEL_LOADING"  # "1": visitors may load other models, for their session only
+SERVER_CONCURRENCY = 1  # model requests at a time, all endpoints together (the cores are shared)
+QUEUE_MAX = 16  # waiting requests; one more is told the app is busy
+MAX_UPLOAD = "15mb"  # refused at upload, before any handler runs
+CACHE_SECONDS = (600, 1800)  # uploads and outputs older than 30 min are deleted every 10 min
 
-    The user sees what was wrong with the request, never a traceback (that goes to the log), and
-    the server keeps serving.
-    """
 
-    def wrap(fn: Callable[..., tuple]) -> Callable[..., tuple]:
-        @functools.wraps(fn)
-        def run(*args: Any) -> tuple:
-            try:
-                return fn(*args)
-            except RequestError as err:
-                message = str(err)
-            except Exception as err:  # the boundary: report, log, keep serving
-                log.exception("request failed in %s", fn.__name__)
-                message = f"The request failed ({type(err).__name__}: {err}). The app is still running."
-            gr.Warning(message)
-            return (f"**Error:** {message}", *([None] * outputs))
+def guarded(fn: Callable[..., tuple]) -> Callable[..., tuple]:
+    """Turn a failure into ``gr.Error``: the UI shows the message, an API client gets an exception
+    carrying it. A request's mistake is told as is; anything else is logged and told in general
+    words (an exception's text may hold server paths)."""
 
-        return run
+    @functools.wraps(fn)
+    def run(*args: Any) -> tuple:
+        try:
+            return fn(*args)
+        except RequestError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        except gr.Error:
+            raise
+        except Exception:  # the boundary: log, keep serving, tell no internals
+            log.exception("request failed in %s", fn.__name__)
+            raise gr.Error("The request failed on the server (it has been logged). The app is still running; "
+                           "try again or with another image.", print_exception=False) from None
 
-    return wrap
+    return run
+
+
+def _number(value: Any, name: str, low: float, high: float) -> float:
+    """A slider value from the API, checked: a clear message instead of a type error deep inside."""
+    if isinstance(value, bool) or value is None:
+        raise RequestError(f"{name} must be a number between {low:g} and {high:g}, got {value!r}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RequestError(f"{name} must be a number between {low:g} and {high:g}, got {str(value)[:40]!r}.") from None
+    if not low <= number <= high:
+        raise RequestError(f"{name} must be between {low:g} and {high:g}, got {number:g}.")
+    return number
+
+
+def _text(value: Any, name: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise RequestError(f"{name} must be a string, got {type(value).__name__}.")
+    return value
 
 
 def _records(table: pd.DataFrame, index_name: str) -> pd.DataFrame:
@@ -95,115 +119,150 @@ def _significant(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
 
 
-def _image(path: str | None) -> serving.DecodedImage:
+def _pass_through(component: gr.components.Component, payload: Any) -> Any:
+    return payload
+
+
+def checked_by_handler(component: gr.components.Component) -> gr.components.Component:
+    """Let the handler validate this input (``_number`` / ``_text``): Gradio's own check of an API
+    value answers a wrong type with an anonymous error, ours with a message naming the input."""
+    component.preprocess = types.MethodType(_pass_through, component)  # type: ignore[method-assign]
+    return component
+
+
+def _image(path: Any) -> serving.DecodedImage:
     if not path:
         raise RequestError("Upload an image first (or pick an example).")
+    if not isinstance(path, str):
+        raise RequestError("image must be an uploaded image file.")
     return serving.load_image(path)
 
 
 class Handlers:
-    """The app's endpoints over one model set; ``load_models`` swaps it for every visitor."""
+    """The app's endpoints over the operator's model set.
 
-    def __init__(self, model_set: ModelSet):
+    The models are fixed at start-up. Where the operator opted in (``MLC_ALLOW_MODEL_LOADING=1``,
+    for local use), ``load_models`` loads another source into the visitor's own session (a
+    ``gr.State``, the last input of every handler): other visitors keep seeing the operator's models.
+    """
+
+    def __init__(self, model_set: ModelSet, allow_loading: bool = False):
         self.models = model_set
-        self.source = model_set.source  # what an empty "load models" reloads
+        self.allow_loading = allow_loading
 
-    @guarded(outputs=3)
-    def predict(self, image: str | None, threshold: float, top_k: float) -> tuple:
+    def models_of(self, session: ModelSet | None) -> ModelSet:
+        return session if isinstance(session, ModelSet) else self.models
+
+    @guarded
+    def predict(self, image: Any, threshold: Any, top_k: Any, session: ModelSet | None = None) -> tuple:
         """Every method's per-class probabilities, a chart of the top-k classes, and the labels at the threshold."""
         start = time.perf_counter()
+        threshold = _number(threshold, "threshold", 0.0, 1.0)
+        top_k = int(_number(top_k, "top_k", 1, 20))
         decoded = _image(image)
-        models = self.models
+        models = self.models_of(session)
         table = serving.predict_probabilities(models, decoded.image)
-        labels = serving.predicted_labels(table, threshold, int(top_k))
-        chart = serving.probability_chart(table, int(top_k), threshold)
+        labels = serving.predicted_labels(table, threshold, top_k)
+        chart = serving.probability_chart(table, top_k, threshold)
         top = table.index[0]
         status = (f"{len(models.methods)} methods on a {decoded.original_size[0]} x {decoded.original_size[1]} image "
-                  f"in {time.perf_counter() - start:.2f} s. Top class: **{top}** (mean {table['mean'].iloc[0]:.2f}). "
-                  f"{decoded.note}")
-        return status, _records(table.round(3), "class"), chart, labels
+                  f"in {time.perf_counter() - start:.2f} s. Top class: **{serving.md(top)}** "
+                  f"(mean {table['mean'].iloc[0]:.2f}). {decoded.note}")
+        return status, _records(table.round(3), "class"), chart, labels, serving.labels_html(labels, threshold, top_k)
 
-    @guarded(outputs=1)
-    def explain(self, image: str | None, class_name: str | None) -> tuple:
+    @guarded
+    def explain(self, image: Any, class_name: Any, session: ModelSet | None = None) -> tuple:
         """Each method's map for one class (top-scoring when empty): CAM, Grad-CAM or SSGRL attention."""
+        class_name = _text(class_name, "class_name")
         decoded = _image(image)
-        chosen, maps = serving.class_maps(self.models, decoded.image, class_name)
-        kinds = ", ".join(f"{m.method}: {m.kind}" for m in maps)
+        chosen, maps = serving.class_maps(self.models_of(session), decoded.image, class_name)
         how = "the top-scoring class" if not class_name else "the chosen class"
-        status = f"Maps for **{chosen}** ({how}). {kinds}. Each map is scaled to its own range. {decoded.note}"
+        status = (f"Maps for **{serving.md(chosen)}** ({how}). {serving.MAP_READING} {decoded.note}")
         return status, serving.explanation_gallery(decoded.image, maps)
 
-    @guarded(outputs=2)
-    def flip_consistency(self, image: str | None, method: str | None, class_name: str | None) -> tuple:
+    @guarded
+    def flip_consistency(self, image: Any, method: Any, class_name: Any, session: ModelSet | None = None) -> tuple:
         """Map of the image vs. map of the mirrored image mirrored back (of ``method``, G-CAM when empty),
         and every method's consistency for the class."""
+        method, class_name = _text(method, "method"), _text(class_name, "class_name")
         decoded = _image(image)
-        result = serving.flip_views(self.models, decoded.image, method or self.flip_default(), class_name)
-        status = (f"Flip consistency for **{result.class_name}**: cosine 1 = the map mirrors perfectly; "
-                  f"L_A (G-CAM's loss) is in each map's own units, so compare it within a map kind. {decoded.note}")
+        models = self.models_of(session)
+        result = serving.flip_views(models, decoded.image, method or self.flip_default(models), class_name)
+        status = f"Flip consistency for **{serving.md(result.class_name)}**. {serving.FLIP_READING} {decoded.note}"
         scores = result.scores.assign(cosine=result.scores.cosine.round(4), L_A=result.scores.L_A.map(_significant))
         return status, serving.flip_gallery(decoded.image, result), scores
 
-    @guarded(outputs=3)
-    def per_class_ap(self) -> tuple:
+    @guarded
+    def per_class_ap(self, session: ModelSet | None = None) -> tuple:
         """Per-class AP of every model from its eval.json (rows: classes, last row mAP), and the
         seeds / bootstrap intervals of the shipped report.json."""
-        table = serving.per_class_ap(self.models)
-        seeds_note, seeds_table = serving.seed_comparison(self.models)
+        models = self.models_of(session)
+        table = serving.per_class_ap(models)
+        seeds_note, seeds_table = serving.seed_comparison(models)
         sources = "; ".join(
-            f"{m.name}: {m.evaluation.get('dataset', '?')} {m.evaluation.get('split', '?')}, "
-            f"{m.evaluation.get('num_images', '?')} images"
-            for m in self.models.methods.values() if m.evaluation is not None
+            f"{m.name}: {serving.md(m.evaluation.get('dataset', '?'))} {serving.md(m.evaluation.get('split', '?'))}, "
+            f"{serving.md(m.evaluation.get('num_images', '?'))} images"
+            for m in models.methods.values() if m.evaluation is not None
         )
-        missing = [m.name for m in self.models.methods.values() if m.evaluation is None]
+        missing = [m.name for m in models.methods.values() if m.evaluation is None]
         status = (f"AP in %. {sources}." + (f" No evaluation for: {', '.join(missing)}." if missing else "")
                   + f"\n\n**Is a difference real?** {seeds_note}")
         return status, seeds_table, _records(table, "class"), serving.ap_chart(table)
 
-    @guarded(outputs=2)
-    def label_graph(self, method: str | None, tau: float, p: float) -> tuple:
+    @guarded
+    def label_graph(self, method: Any, tau: Any, p: Any, session: ModelSet | None = None) -> tuple:
         """Co-occurrence P(j|i) of a model's training split and its re-weighted graph A'' for tau, p."""
-        name, stats = serving.label_statistics(self.models, method)
+        method = _text(method, "method")
+        tau, p = _number(tau, "tau", 0.0, 1.0), _number(p, "p", 0.0, 1.0)
+        models = self.models_of(session)
+        name, stats = serving.label_statistics(models, method)
         weights, edges = serving.reweighted_graph(stats, tau, p)
-        params = self.models.method(name).model.params
-        trained = f" {name} was trained with tau = {params['tau']}, p = {params['p']}." if "tau" in params else ""
+        params = models.method(name).model.params
+        trained = (f" {name} was trained with tau = {serving.md(params['tau'])}, p = {serving.md(params['p'])}."
+                   if "tau" in params else "")
         status = (f"Label statistics of **{name}** ({stats.num_images} training images). "
                   f"tau = {tau:.2f} keeps **{edges}** directed edges; p = {p:.2f} is what neighbours share.{trained}")
         return status, serving.cooccurrence_heatmap(stats), serving.graph_figure(stats, weights, tau, p, edges)
 
-    @guarded(outputs=1)
-    def classifier_tsne(self) -> tuple:
+    @guarded
+    def classifier_tsne(self, session: ModelSet | None = None) -> tuple:
         """t-SNE of the baseline's classifiers and the GCN-produced ones of ML-GCN and G-CAM."""
-        embedding = self.models.tsne
+        embedding = self.models_of(session).tsne
         shown = ", ".join(embedding.method.unique())
         return f"t-SNE of {len(embedding)} classifier vectors ({shown}), L2-normalised, perplexity 5.", \
             serving.tsne_figure(embedding)
 
-    @guarded(outputs=4)
-    def load_models(self, source: str | None) -> tuple:
-        """Load every variant from a folder or Hub repo id (empty: reload the app's source); keeps the
-        current models if none loads."""
-        candidate = ModelSet.load((source or "").strip() or self.source)
+    @guarded
+    def load_models(self, source: Any, session: ModelSet | None = None) -> tuple:
+        """Load every variant from a folder or Hub repo id (``user/repo@revision`` pins one) into
+        this visitor's session only; empty: back to the operator's models. Refused unless the
+        operator opted in."""
+        if not self.allow_loading:
+            raise RequestError("This app serves fixed models; loading other models is turned off here.")
+        source = _text(source, "source")
+        if not source:
+            return (None, *self.model_choices(None))
+        candidate = ModelSet.load(source.strip(), trusted=False)
         if candidate.methods:
-            self.models = candidate
-            return self.model_choices()
+            return (candidate, *self.model_choices(candidate))
         problems = "; ".join(f"{k}: {v}" for k, v in candidate.problems.items())
-        raise RequestError(f"No model could be loaded from {candidate.source!r} ({problems}). "
-                           f"Still serving {len(self.models.methods)} models from {self.models.source!r}.")
+        raise RequestError(f"No model could be loaded from that source ({problems}). "
+                           f"Still serving {len(self.models_of(session).methods)} models.")
 
-    def flip_default(self) -> str | None:
+    def flip_default(self, models: ModelSet | None = None) -> str | None:
         """G-CAM, the method trained for flip consistency, else the first loaded."""
-        return "gcam" if "gcam" in self.models.methods else next(iter(self.models.methods), None)
+        models = models or self.models
+        return "gcam" if "gcam" in models.methods else next(iter(models.methods), None)
 
-    def model_choices(self) -> tuple:
+    def model_choices(self, session: ModelSet | None = None) -> tuple:
         """Status and the dropdowns that depend on which models are loaded."""
-        models = self.models
+        models = self.models_of(session)
         with_stats = [n for n, m in models.methods.items() if m.model.label_stats]
         return (
             serving.status_markdown(models),
             gr.update(choices=models.classes, value=None),
             gr.update(choices=models.classes, value=None),
-            gr.update(choices=models.names, value=self.flip_default()),
+            gr.update(choices=models.names, value=self.flip_default(models)),
             gr.update(choices=with_stats, value=with_stats[0] if with_stats else None),
         )
 
@@ -226,23 +285,36 @@ def _intro() -> str:
     )
 
 
+def allow_loading_default() -> bool:
+    return os.environ.get(ALLOW_LOADING_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
 def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = None,
-               model_set: ModelSet | None = None) -> gr.Blocks:
-    """The app over a model set (given, or loaded once here from a folder, a Hub repo or the default)."""
+               model_set: ModelSet | None = None, allow_loading: bool | None = None) -> gr.Blocks:
+    """The app over a model set (given, or loaded once here from a folder, a Hub repo or the default).
+
+    ``allow_loading`` (default: ``MLC_ALLOW_MODEL_LOADING``) shows a "load models" field whose
+    models serve that visitor's session only; off, no endpoint can change what is served.
+    """
     serving.configure_threads()
     if model_set is None:
         model_set = ModelSet.load(hub_repo or checkpoint_dir or default_source())
-    handlers = Handlers(model_set)
+    allow_loading = allow_loading_default() if allow_loading is None else allow_loading
+    handlers = Handlers(model_set, allow_loading)
     status, class_a, class_b, method_choice, stats_choice = handlers.model_choices()
+    busy = dict(concurrency_limit=SERVER_CONCURRENCY, concurrency_id="models")  # one limit for every model endpoint
 
-    with gr.Blocks(title="mlc: multi-label classification with label graphs") as demo:
+    with gr.Blocks(title="mlc: multi-label classification with label graphs", delete_cache=CACHE_SECONDS) as demo:
+        session = gr.State(None)  # this visitor's own models (only with allow_loading), else None
         gr.Markdown(_intro())
-        with gr.Accordion("Models", open=True):
+        with gr.Accordion("Models", open=False):
             model_status = gr.Markdown(status, elem_id="model-status")
-            with gr.Row():
-                source = gr.Textbox(label="Models from", placeholder="a local folder or a Hub repo id (user/repo)",
-                                    value=hub_repo or "", scale=4)
-                load_button = gr.Button("Load models", scale=1)
+            if allow_loading:
+                with gr.Row():
+                    source = gr.Textbox(label="Models from (this session only)",
+                                        placeholder="a local folder or a Hub repo id (user/repo or user/repo@revision)",
+                                        scale=4)
+                    load_button = gr.Button("Load models", scale=1)
         with gr.Row():
             image = image_input(label="Image", sources=["upload", "clipboard"], height=300, elem_id="image")
             if EXAMPLES:
@@ -251,76 +323,76 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
         with gr.Tabs():
             with gr.Tab("Predict"):
                 with gr.Row():
-                    threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Threshold")
-                    top_k = gr.Slider(1, 20, value=5, step=1, label="Top-k",
-                                      info="classes in the chart; labels are taken from each method's top-k")
+                    threshold = checked_by_handler(gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Threshold"))
+                    top_k = checked_by_handler(gr.Slider(
+                        1, 20, value=5, step=1, label="Top-k",
+                        info="classes in the chart; labels are taken from each method's top-k"))
                     predict_button = gr.Button("Predict", variant="primary")
                 predict_status = gr.Markdown(elem_id="predict-status")
-                with gr.Row():
-                    labels = gr.JSON(label="Labels each method predicts (score >= threshold, within its top-k)",
-                                     height=380, scale=1)
-                    chart = gr.Plot(label="Top classes", elem_id="predict-chart", scale=2)
-                table = gr.Dataframe(label="Probabilities, sorted by the mean over methods", interactive=False,
-                                     elem_id="predict-table")
+                labels_view = gr.HTML(label="Predicted labels", elem_id="labels-grid")
+                labels = gr.JSON(label="labels", visible=False)  # the same, for API clients
+                chart = gr.Plot(label="top classes chart", elem_id="predict-chart")
+                table = gr.Dataframe(label="probabilities", interactive=False, elem_id="predict-table")
             with gr.Tab("Explain"):
                 with gr.Row():
                     explain_class = gr.Dropdown(label="Class (empty: the top-scoring one)", allow_custom_value=True,
                                                 **_dropdown(class_a))
                     explain_button = gr.Button("Explain", variant="primary")
                 explain_status = gr.Markdown(elem_id="explain-status")
-                explain_gallery = gr.Gallery(label="Explanations (method - map kind)", columns=5, height="auto",
-                                             elem_id="explain-gallery")
-            with gr.Tab("Flip consistency"):
+                explain_gallery = gr.Gallery(label="explanation maps", columns=[1, 2, 3], height="auto",
+                                             object_fit="contain", elem_id="explain-gallery")
+            with gr.Tab("Flip"):
                 with gr.Row():
                     flip_method = gr.Dropdown(label="Method shown", allow_custom_value=True, **_dropdown(method_choice))
                     flip_class = gr.Dropdown(label="Class (empty: the top-scoring one)", allow_custom_value=True,
                                              **_dropdown(class_b))
                     flip_button = gr.Button("Compare with the flipped image", variant="primary")
                 flip_status = gr.Markdown(elem_id="flip-status")
-                flip_gallery = gr.Gallery(label="Map, flipped-back map, difference", columns=3, height="auto",
+                flip_gallery = gr.Gallery(label="flip maps", columns=[1, 3], height="auto", object_fit="contain",
                                           elem_id="flip-gallery")
-                flip_table = gr.Dataframe(label="Consistency per method for this class", interactive=False,
-                                          elem_id="flip-table")
+                flip_table = gr.Dataframe(label="flip consistency per method", interactive=False, elem_id="flip-table")
             with gr.Tab("Analysis") as analysis_tab:
                 ap_status = gr.Markdown(elem_id="ap-status")
-                seeds_table = gr.Dataframe(label="mAP over seeds and the bootstrap interval against the baseline",
-                                           interactive=False, elem_id="seeds-table")
-                ap_table = gr.Dataframe(label="Per-class AP (%)", interactive=False, elem_id="ap-table")
-                ap_plot = gr.Plot(label="Per-class AP", elem_id="ap-plot")
+                seeds_table = gr.Dataframe(label="seeds and bootstrap intervals", interactive=False,
+                                           elem_id="seeds-table")
+                ap_table = gr.Dataframe(label="per-class AP", interactive=False, elem_id="ap-table")
+                ap_plot = gr.Plot(label="per-class AP chart", elem_id="ap-plot")
                 with gr.Row():
                     graph_method = gr.Dropdown(label="Label statistics of", allow_custom_value=True,
                                                **_dropdown(stats_choice))
-                    tau = gr.Slider(0.0, 1.0, value=0.4, step=0.01, label="tau (threshold on P(j|i))")
-                    p = gr.Slider(0.0, 1.0, value=0.25, step=0.01, label="p (weight shared by the neighbours)")
+                    tau = checked_by_handler(gr.Slider(0.0, 1.0, value=0.4, step=0.01, label="tau (threshold on P(j|i))"))
+                    p = checked_by_handler(gr.Slider(0.0, 1.0, value=0.25, step=0.01,
+                                                     label="p (weight shared by the neighbours)"))
                 graph_status = gr.Markdown(elem_id="graph-status")
                 with gr.Row():
-                    heatmap = gr.Plot(label="Co-occurrence P(j | i)", elem_id="heatmap")
-                    network = gr.Plot(label="Re-weighted graph A''", elem_id="network")
+                    heatmap = gr.Plot(label="co-occurrence heatmap", elem_id="heatmap")
+                    network = gr.Plot(label="re-weighted graph", elem_id="network")
                 tsne_status = gr.Markdown(elem_id="tsne-status")
                 tsne_plot = gr.Plot(label="t-SNE of the classifiers", elem_id="tsne-plot")
 
-        predict_io = dict(fn=handlers.predict, inputs=[image, threshold, top_k],
-                          outputs=[predict_status, table, chart, labels])
+        predict_io = dict(fn=handlers.predict, inputs=[image, threshold, top_k, session],
+                          outputs=[predict_status, table, chart, labels, labels_view], **busy)
         predict_button.click(**predict_io, api_name="predict").success(
             _top_class, inputs=[table], outputs=[explain_class, flip_class], api_visibility="private")
         for slider in (threshold, top_k):
             slider.release(**predict_io, api_visibility="private")
-        explain_button.click(handlers.explain, [image, explain_class], [explain_status, explain_gallery],
-                             api_name="explain")
-        flip_button.click(handlers.flip_consistency, [image, flip_method, flip_class],
-                          [flip_status, flip_gallery, flip_table], api_name="flip_consistency")
-        graph_io = dict(fn=handlers.label_graph, inputs=[graph_method, tau, p],
-                        outputs=[graph_status, heatmap, network])
-        analysis_tab.select(handlers.per_class_ap, None, [ap_status, seeds_table, ap_table, ap_plot],
-                            api_name="per_class_ap") \
+        explain_button.click(handlers.explain, [image, explain_class, session], [explain_status, explain_gallery],
+                             api_name="explain", **busy)
+        flip_button.click(handlers.flip_consistency, [image, flip_method, flip_class, session],
+                          [flip_status, flip_gallery, flip_table], api_name="flip_consistency", **busy)
+        graph_io = dict(fn=handlers.label_graph, inputs=[graph_method, tau, p, session],
+                        outputs=[graph_status, heatmap, network], **busy)
+        analysis_tab.select(handlers.per_class_ap, [session], [ap_status, seeds_table, ap_table, ap_plot],
+                            api_name="per_class_ap", **busy) \
             .then(**graph_io, api_name="label_graph") \
-            .then(handlers.classifier_tsne, None, [tsne_status, tsne_plot], api_name="classifier_tsne")
+            .then(handlers.classifier_tsne, [session], [tsne_status, tsne_plot], api_name="classifier_tsne", **busy)
         for control in (tau, p):
             control.release(**graph_io, api_visibility="private")
         graph_method.input(**graph_io, api_visibility="private")
         choice_outputs = [model_status, explain_class, flip_class, flip_method, graph_method]
-        load_button.click(handlers.load_models, [source], choice_outputs, api_name="load_models")
-        demo.load(handlers.model_choices, None, choice_outputs, api_visibility="private")
+        if allow_loading:
+            load_button.click(handlers.load_models, [source, session], [session, *choice_outputs],
+                              api_name="load_models", **busy)
     return demo
 
 
@@ -330,10 +402,14 @@ def _dropdown(update: dict) -> dict:
 
 
 def launch(demo: gr.Blocks, port: int | None = None, server_name: str | None = None, **kwargs: Any) -> gr.Blocks:
-    """Queue (two requests at a time) and serve; by default on 0.0.0.0 and PORT / GRADIO_SERVER_PORT / 7860."""
+    """Queue (``SERVER_CONCURRENCY`` model requests at a time over all endpoints, at most
+    ``QUEUE_MAX`` waiting) and serve, uploads capped at ``MAX_UPLOAD``; by default on 0.0.0.0 and
+    PORT / GRADIO_SERVER_PORT / 7860."""
     port = port or int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860)
     server_name = server_name or os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0")
-    demo.queue(default_concurrency_limit=2).launch(server_name=server_name, server_port=port, **kwargs)
+    kwargs.setdefault("max_file_size", MAX_UPLOAD)
+    demo.queue(default_concurrency_limit=SERVER_CONCURRENCY, max_size=QUEUE_MAX).launch(
+        server_name=server_name, server_port=port, **kwargs)
     return demo
 
 

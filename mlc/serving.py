@@ -252,23 +252,70 @@ def _read_evaluation(folder: Path) -> tuple[dict | None, str]:
     return evaluation, ""
 
 
-def _load_method(name: str, folder: Path) -> Method:
+OFFLINE_BACKBONES = ("efficientnet_lite0", "tiny")  # what a visitor's source may use: nothing to download
+MAX_VISITOR_REPO_BYTES = 200 * 2**20
+HUB_PATTERNS = ["*config.json", "*eval.json", "*model.safetensors", "report.json"]
+
+
+def _load_method(name: str, folder: Path, trusted: bool = True) -> Method:
     if not folder.is_dir():
-        raise RequestError(f"missing: no folder {folder}")
+        raise RequestError(f"missing: no {name}/ folder")
+    if not trusted:  # a visitor's source must not make the server download backbone weights
+        try:
+            backbone = json.loads((folder / "config.json").read_text()).get("backbone")
+        except (OSError, ValueError, AttributeError):
+            raise RequestError("not a saved mlc model (config.json missing or unreadable)") from None
+        if backbone not in OFFLINE_BACKBONES:
+            raise RequestError(f"its backbone is not one of {', '.join(OFFLINE_BACKBONES)} (would need a download)")
     model = load_model(folder).eval()
     evaluation, note = _read_evaluation(folder)
     return Method(name, model, evaluation, note)
 
 
-def _fetch_hub_repo(repo_id: str) -> Path:
-    """Download (or find in the cache) the JSON and safetensors files of a Hub repo."""
-    from huggingface_hub import snapshot_download
+def split_revision(source: str) -> tuple[str, str | None]:
+    """"user/repo@revision" -> ("user/repo", "revision"); a pinned commit makes a Space reproducible."""
+    repo, sep, revision = source.partition("@")
+    return (repo, revision or None) if sep else (source, None)
 
+
+def _fetch_hub_repo(repo_id: str, trusted: bool = True) -> Path:
+    """Download (or find in the cache) the JSON and safetensors files of a Hub repo (``repo@revision`` pins one)."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    repo_id, revision = split_revision(repo_id)
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*config.json", "*eval.json", "*model.safetensors",
-                                                               "report.json"]))
+        if not trusted:  # a visitor's repo: refuse before downloading anything large
+            info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+            total = sum(f.size or 0 for f in info.siblings or [] if any(
+                Path(f.rfilename).match(p) for p in HUB_PATTERNS))
+            if total > MAX_VISITOR_REPO_BYTES:
+                raise RequestError(f"the repo's model files are {total / 2**20:.0f} MB; the limit is "
+                                   f"{MAX_VISITOR_REPO_BYTES / 2**20:.0f} MB")
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
+    except RequestError:
+        raise
     except Exception as err:  # offline, unknown repo, invalid id, network: all end as one message
-        raise RequestError(f"could not fetch Hub repo {repo_id!r}: {type(err).__name__}: {err}") from None
+        raise RequestError(f"could not fetch Hub repo {repo_id!r} ({type(err).__name__})") from None
+
+
+_PATH = __import__("re").compile(r"(?<![\w.~-])(?:/[^\s'\"():,;]+)+")  # an absolute path
+
+
+def public_problem(err: BaseException, root: Path | None, trusted: bool) -> str:
+    """What a visitor may read about a failed load: the problem, never a server path; for a
+    visitor's own source only the kind of problem (its files' contents are not echoed)."""
+    from mlc.models import CheckpointError
+
+    if isinstance(err, RequestError):
+        text = str(err)
+    elif not trusted:
+        text = ("not a valid saved mlc model (config.json / model.safetensors missing or inconsistent)"
+                if isinstance(err, (CheckpointError, ValueError, KeyError)) else f"could not be loaded ({type(err).__name__})")
+    else:
+        text = f"{str(err)}" if isinstance(err, CheckpointError) else f"{type(err).__name__}: {err}"
+    if root is not None:
+        text = text.replace(str(root) + "/", "").replace(str(root), "")
+    return _PATH.sub(lambda m: Path(m.group(0)).name, text)[:300]
 
 
 def _model_folders(root: Path) -> dict[str, Path]:
@@ -308,20 +355,38 @@ class ModelSet:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, source: str | Path) -> "ModelSet":
-        """Every variant under a local folder or Hub repo id; a broken one is recorded, not raised."""
+    def load(cls, source: str | Path, trusted: bool = True) -> "ModelSet":
+        """Every variant under a local folder or Hub repo id; a broken one is recorded, not raised.
+
+        ``trusted``: the operator's source (start-up). A visitor's source (only where the operator
+        opted in) may use no backbone that needs a download, a Hub repo's files are size-checked
+        first, and what went wrong is told without paths or file contents.
+        """
         text = str(source).strip()
+        local = Path(text).is_dir()
+        if not local and not trusted and not looks_like_repo(text):
+            return cls({}, {"source": "not a model folder here, nor a Hub repo id (user/name[@revision])"}, text)
         try:
-            root = Path(text) if Path(text).is_dir() else _fetch_hub_repo(text)
+            root = Path(text) if local else _fetch_hub_repo(text, trusted)
         except RequestError as err:
             return cls({}, {"source": str(err)}, text)
         methods, problems = {}, {}
         for name, folder in _model_folders(root).items():
             try:
-                methods[name] = _load_method(name, folder)
+                methods[name] = _load_method(name, folder, trusted)
             except Exception as err:  # a broken checkpoint must not take the others down
-                problems[name] = str(err) if isinstance(err, RequestError) else f"{type(err).__name__}: {err}"
+                problems[name] = public_problem(err, root, trusted)
+        if not methods and not trusted:  # a folder with nothing to load reads like a missing one
+            problems = {"source": "not a model folder here, nor a Hub repo id (user/name[@revision])"}
         return cls(methods, problems, text, _read_report(root))
+
+    @property
+    def display_source(self) -> str:
+        """The source as visitors see it: a Hub repo id, or a local folder's name (never its path)."""
+        text = self.source
+        if not text:
+            return "nowhere"
+        return Path(text).name if Path(text).is_dir() or text.startswith(("/", ".")) else text
 
     @classmethod
     def from_models(cls, models: Mapping[str, MultiLabelModel], source: str = "memory") -> "ModelSet":
@@ -389,8 +454,24 @@ class ModelSet:
         return classifier_embedding(self)
 
 
+def looks_like_repo(text: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", text) is not None
+
+
+def md(text: Any) -> str:
+    """Text from a checkpoint or a visitor, safe inside Markdown: HTML escaped, Markdown syntax
+    backslash-escaped, one line (a class named "[x](http://...)" stays text, not a link)."""
+    import html
+    import re
+
+    text = html.escape(str(text), quote=False).replace("\n", " ")
+    return re.sub(r"([\\`*_{}\[\]()#+\-!|~>])", r"\\\1", text)
+
+
 def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return md(text)
 
 
 def _evaluation_summary(method: Method) -> str:
@@ -405,7 +486,7 @@ def _evaluation_summary(method: Method) -> str:
 def status_markdown(model_set: ModelSet) -> str:
     """Which models serve, which failed and why, and whether the backbone is shared."""
     wanted = list(dict.fromkeys([*model_set.methods, *model_set.problems]))
-    head = f"**Models** from `{model_set.source or 'nowhere'}`: {len(model_set.methods)} of {len(wanted)} loaded"
+    head = f"**Models** from {md(model_set.display_source)}: {len(model_set.methods)} of {len(wanted)} loaded"
     for backbone in model_set.shared:
         whole = [n for n, m in model_set.methods.items() if m.model.backbone is backbone]
         tops = [n for n, m in model_set.methods.items() if getattr(m.model.backbone, "bottom", None) is backbone]
@@ -454,6 +535,36 @@ def predicted_labels(table: pd.DataFrame, threshold: float, top_k: int) -> dict[
         top = table[name].dropna().sort_values(ascending=False, kind="stable").head(max(1, int(top_k)))
         out[name] = [str(c) for c, s in top.items() if s >= threshold]
     return out
+
+
+def labels_html(labels: Mapping[str, list[str]], threshold: float, top_k: int) -> str:
+    """The predicted labels at a glance: one row per method, one chip per label; a label that only
+    some methods predict is marked, and a method that predicts nothing says so."""
+    import html
+
+    methods = list(labels)
+    every = set.intersection(*(set(v) for v in labels.values())) if labels else set()
+    some = set().union(*(set(v) for v in labels.values())) if labels else set()
+    rows = []
+    for method in methods:
+        chips = "".join(
+            f'<span class="mlc-chip{" mlc-differs" if c not in every else ""}" '
+            f'title="{"predicted by every method" if c in every else "not predicted by every method"}">'
+            f'{html.escape(c)}{" *" if c not in every else ""}</span>'
+            for c in labels[method]
+        ) or '<span class="mlc-none">nothing above the threshold</span>'
+        rows.append(f"<tr><th>{html.escape(method)}</th><td>{chips}</td></tr>")
+    differ = sorted(some - every)
+    summary = (f"All methods agree on: <b>{html.escape(', '.join(sorted(every)) or 'nothing')}</b>. "
+               + (f"They differ on: <b>{html.escape(', '.join(differ))}</b> (marked *)." if differ
+                  else "No method predicts anything the others do not."))
+    style = ("<style>.mlc-labels{border-collapse:collapse;width:100%}.mlc-labels th{text-align:left;"
+             "padding:4px 8px;white-space:nowrap;vertical-align:top}.mlc-labels td{padding:4px}"
+             ".mlc-chip{display:inline-block;margin:2px;padding:1px 8px;border-radius:10px;"
+             "background:#dbeafe;color:#1e3a8a;white-space:nowrap}.mlc-differs{background:#fef3c7;color:#92400e;"
+             "border:1px dashed #d97706}.mlc-none{color:#6b7280;font-style:italic}</style>")
+    return (f'{style}<div class="mlc-labels-box"><p>Labels with score &ge; {threshold:.2f} within each method\'s '
+            f"top {int(top_k)}. {summary}</p><table class=\"mlc-labels\">{''.join(rows)}</table></div>")
 
 
 def _grouped_bars(ax, table: pd.DataFrame, colors: Mapping[str, str]) -> None:
@@ -519,10 +630,68 @@ def class_maps(model_set: ModelSet, image: Image.Image, class_name: str | None) 
     return chosen, maps
 
 
-def explanation_gallery(image: Image.Image, maps: list[ClassMap]) -> list[tuple[np.ndarray, str]]:
-    """(overlay, caption) per method; each map is min-max scaled on its own (kinds differ in scale)."""
+MAP_READING = (
+    "How to read the maps: **CAM** (baseline, mlgcn, gcam) shows how much each place adds to the class "
+    "score; these share one colour scale, from 0 to the largest value among them (the bar in each corner), "
+    "and places that lower the score are not coloured. **Grad-CAM** (ggnn) weights the feature maps by "
+    "the score's gradient; it is empty when no place raises the score. **Attention** (ssgrl) is where the "
+    "class's semantic decoupling looks; it sums to 1 over the image. A dimmed map belongs to a method "
+    "that does not predict the class (p below 0.5): it shows where that method looked, not evidence."
+)
+FLIP_READING = (
+    "The map of the image and the map of its mirror image (mirrored back) share one colour scale; the "
+    "third image is their difference (red: stronger in the image's own map, blue: stronger in the "
+    "mirrored one, white: equal). **cosine** 1 = the map mirrors perfectly, 0 = unrelated; empty maps "
+    "have none. **L_A** = mean squared difference of the two maps (G-CAM's training loss), in the map's "
+    "own units: compare it between methods of the same map kind (CAMs are in logit units; attention sums "
+    "to 1, so its L_A is tiny)."
+)
+
+
+def _colour_bar(canvas: np.ndarray, high: float, label: str) -> np.ndarray:
+    """Draw the JET scale (0 .. high) with its end values in the lower right corner, in place."""
+    import cv2
+
+    h, w = canvas.shape[:2]
+    bar_w, bar_h = min(120, w // 3), 8
+    x0, y0 = w - bar_w - 6, h - bar_h - 18
+    if x0 < 0 or y0 < 0:
+        return canvas
+    cv2.rectangle(canvas, (x0 - 4, y0 - 4), (w - 2, h - 2), (255, 255, 255), -1)
+    ramp = cv2.applyColorMap(np.uint8(np.linspace(0, 255, bar_w))[None, :].repeat(bar_h, 0), cv2.COLORMAP_JET)
+    canvas[y0:y0 + bar_h, x0:x0 + bar_w] = ramp[:, :, ::-1]
+    text = dict(fontFace=cv2.FONT_HERSHEY_SIMPLEX, fontScale=0.35, color=(0, 0, 0), thickness=1, lineType=cv2.LINE_AA)
+    cv2.putText(canvas, "0", (x0, h - 6), **text)
+    end = f"{high:.3g} {label}"
+    (tw, _), _ = cv2.getTextSize(end, text["fontFace"], text["fontScale"], 1)
+    cv2.putText(canvas, end, (max(x0, w - 4 - tw), h - 6), **text)
+    return canvas
+
+
+def explanation_gallery(image: Image.Image, maps: list[ClassMap], threshold: float = 0.5) -> list[tuple[np.ndarray, str]]:
+    """(overlay, caption) per method, the whole image (aspect kept). Maps of one kind share a scale
+    from 0 to their largest value, so a weak map looks weak; a method that does not predict the
+    class has its map dimmed and says so; an empty map says why."""
     canvas = display_array(image)
-    return [(overlay(canvas, m.map), f"{m.method} - {m.kind} (p={m.probability:.2f})") for m in maps]
+    top = {}
+    for m in maps:
+        top[m.kind] = max(top.get(m.kind, 0.0), float(np.max(m.map)))
+    items = []
+    for m in maps:
+        high = top[m.kind]
+        heat = np.clip(m.map / high, 0.0, 1.0) if high > 0 else np.zeros_like(m.map)
+        predicted = m.probability >= threshold
+        picture = overlay(canvas, heat, alpha=0.5 if predicted else 0.3, normalize=False)
+        if not predicted:  # dimmed: towards white
+            picture = np.uint8(0.45 * picture + 0.55 * 255)
+        picture = _colour_bar(np.ascontiguousarray(picture), high, m.kind)
+        caption = f"{m.method} - {m.kind} - p = {m.probability:.2f}"
+        if not predicted:
+            caption += f", not predicted (below {threshold:.2f})"
+        if float(np.max(m.map)) <= 0:
+            caption += ": empty map, no place raises this class's score"
+        items.append((picture, caption))
+    return items
 
 
 @dataclass
@@ -557,7 +726,9 @@ def flip_views(model_set: ModelSet, image: Image.Image, method: str, class_name:
     for name, fc in consistency.items():
         c = model_set.methods[name].model.classes.index(chosen)
         cosine, squared_error = float(fc.score[0, c]), float(fc.squared_error[0, c])
-        rows.append({"method": name, "map": fc.kind, "cosine": cosine, "L_A": squared_error})
+        empty = float(fc.maps[0, c].abs().max()) <= 1e-12 or float(fc.flipped_back[0, c].abs().max()) <= 1e-12
+        rows.append({"method": name, "map": fc.kind, "cosine": None if empty else cosine, "L_A": squared_error,
+                     "note": "empty map: no place raises this class's score, so no cosine" if empty else ""})
     c = model_set.methods[shown].model.classes.index(chosen)
     fc = consistency[shown]
     return FlipResult(chosen, shown, fc.kind, fc.maps[0, c].numpy(), fc.flipped_back[0, c].numpy(), pd.DataFrame(rows))
