@@ -12,7 +12,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home at s
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import functools  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import types  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -149,6 +151,8 @@ class Handlers:
     def __init__(self, model_set: ModelSet, allow_loading: bool = False):
         self.models = model_set
         self.allow_loading = allow_loading
+        self._opening: tuple | None = None
+        self._opening_lock = threading.Lock()
 
     def models_of(self, session: ModelSet | None) -> ModelSet:
         return session if isinstance(session, ModelSet) else self.models
@@ -207,7 +211,8 @@ class Handlers:
         missing = [m.name for m in models.methods.values() if m.evaluation is None]
         status = (f"AP in %. {sources}." + (f" No evaluation for: {', '.join(missing)}." if missing else "")
                   + f"\n\n**Is a difference real?** {seeds_note}")
-        return status, seeds_table, _records(table, "class"), serving.ap_chart(table)
+        chart = models.figure(("ap",), lambda: serving.ap_chart(table))
+        return status, seeds_table, _records(table, "class"), chart
 
     @guarded
     def label_graph(self, method: Any, tau: Any, p: Any, session: ModelSet | None = None) -> tuple:
@@ -222,15 +227,19 @@ class Handlers:
                    if "tau" in params else "")
         status = (f"Label statistics of **{name}** ({stats.num_images} training images). "
                   f"tau = {tau:.2f} keeps **{edges}** directed edges; p = {p:.2f} is what neighbours share.{trained}")
-        return status, serving.cooccurrence_heatmap(stats), serving.graph_figure(stats, weights, tau, p, edges)
+        heatmap = models.figure(("heatmap", name), lambda: serving.cooccurrence_heatmap(stats))
+        graph = models.figure(("graph", name, round(tau, 2), round(p, 2)),
+                              lambda: serving.graph_figure(stats, weights, tau, p, edges))
+        return status, heatmap, graph
 
     @guarded
     def classifier_tsne(self, session: ModelSet | None = None) -> tuple:
         """t-SNE of the baseline's classifiers and the GCN-produced ones of ML-GCN and G-CAM."""
         embedding = self.models_of(session).tsne
         shown = ", ".join(embedding.method.unique())
-        return f"t-SNE of {len(embedding)} classifier vectors ({shown}), L2-normalised, perplexity 5.", \
-            serving.tsne_figure(embedding)
+        return (f"t-SNE of {len(embedding)} classifier vectors ({shown}), L2-normalised, perplexity 5; "
+                "grey lines join one class's classifiers.",
+                self.models_of(session).figure(("tsne",), lambda: serving.tsne_figure(embedding)))
 
     @guarded
     def load_models(self, source: Any, session: ModelSet | None = None) -> tuple:
@@ -249,6 +258,16 @@ class Handlers:
         raise RequestError(f"No model could be loaded from that source ({problems}). "
                            f"Still serving {len(self.models_of(session).methods)} models.")
 
+    def opening_example(self) -> tuple:
+        """The first example predicted with the default settings, computed once and then served
+        from memory: the Space opens with the five methods already compared."""
+        with self._opening_lock:
+            if self._opening is None and EXAMPLES:
+                self._opening = self.predict(str(EXAMPLES[0]), 0.5, 5)
+        if self._opening is None:
+            return (gr.update(),) * 6
+        return (str(EXAMPLES[0]), *self._opening)
+
     def flip_default(self, models: ModelSet | None = None) -> str | None:
         """G-CAM, the method trained for flip consistency, else the first loaded."""
         models = models or self.models
@@ -258,12 +277,14 @@ class Handlers:
         """Status and the dropdowns that depend on which models are loaded."""
         models = self.models_of(session)
         with_stats = [n for n, m in models.methods.items() if m.model.label_stats]
+        # one training split for all (the usual case): nothing to choose, so no dropdown
+        distinct = {json.dumps(models.methods[n].model.label_stats, sort_keys=True) for n in with_stats}
         return (
             serving.status_markdown(models),
             gr.update(choices=models.classes, value=None),
             gr.update(choices=models.classes, value=None),
             gr.update(choices=models.names, value=self.flip_default(models)),
-            gr.update(choices=with_stats, value=with_stats[0] if with_stats else None),
+            gr.update(choices=with_stats, value=with_stats[0] if with_stats else None, visible=len(distinct) > 1),
         )
 
 
@@ -356,7 +377,7 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                 seeds_table = gr.Dataframe(label="seeds and bootstrap intervals", interactive=False,
                                            elem_id="seeds-table")
                 ap_table = gr.Dataframe(label="per-class AP", interactive=False, elem_id="ap-table")
-                ap_plot = gr.Plot(label="per-class AP chart", elem_id="ap-plot")
+                ap_plot = gr.Image(label="per-class AP chart", type="filepath", elem_id="ap-plot", show_label=False)
                 with gr.Row():
                     graph_method = gr.Dropdown(label="Label statistics of", allow_custom_value=True,
                                                **_dropdown(stats_choice))
@@ -365,10 +386,10 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                                                      label="p (weight shared by the neighbours)"))
                 graph_status = gr.Markdown(elem_id="graph-status")
                 with gr.Row():
-                    heatmap = gr.Plot(label="co-occurrence heatmap", elem_id="heatmap")
-                    network = gr.Plot(label="re-weighted graph", elem_id="network")
+                    heatmap = gr.Image(label="co-occurrence heatmap", type="filepath", elem_id="heatmap")
+                    network = gr.Image(label="re-weighted graph", type="filepath", elem_id="network")
                 tsne_status = gr.Markdown(elem_id="tsne-status")
-                tsne_plot = gr.Plot(label="t-SNE of the classifiers", elem_id="tsne-plot")
+                tsne_plot = gr.Image(label="t-SNE of the classifiers", type="filepath", elem_id="tsne-plot")
 
         predict_io = dict(fn=handlers.predict, inputs=[image, threshold, top_k, session],
                           outputs=[predict_status, table, chart, labels, labels_view], **busy)
@@ -393,12 +414,15 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
         if allow_loading:
             load_button.click(handlers.load_models, [source, session], [session, *choice_outputs],
                               api_name="load_models", **busy)
+        if EXAMPLES:  # open with the first example already predicted (computed once, then from memory)
+            demo.load(handlers.opening_example, None,
+                      [image, predict_status, table, chart, labels, labels_view], api_visibility="private", **busy)
     return demo
 
 
 def _dropdown(update: dict) -> dict:
     """Initial choices and value of a dropdown, from the same update ``model_choices`` sends later."""
-    return {"choices": update["choices"], "value": update["value"]}
+    return {key: update[key] for key in ("choices", "value", "visible") if key in update}
 
 
 def launch(demo: gr.Blocks, port: int | None = None, server_name: str | None = None, **kwargs: Any) -> gr.Blocks:

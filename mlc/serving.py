@@ -353,6 +353,7 @@ class ModelSet:
     def __post_init__(self) -> None:
         self.shared = share_backbones({name: m.model for name, m in self.methods.items()})
         self._lock = threading.Lock()
+        self._figure_lock = threading.Lock()
 
     @classmethod
     def load(cls, source: str | Path, trusted: bool = True) -> "ModelSet":
@@ -447,6 +448,29 @@ class ModelSet:
                 by_key[key] = model_input(image, m.model)
             out[name] = by_key[key]
         return out
+
+    def figure(self, key: tuple, make: Callable[[], Figure], keep: int = 64) -> str:
+        """A figure of this model set rendered to PNG once and then served from disk: the analysis
+        views are fixed per model set (and per slider value), and rendering plus Gradio's encoding of
+        a matplotlib figure cost seconds per request. Keeps the ``keep`` most recent per kind."""
+        import tempfile
+        from collections import OrderedDict
+
+        with self._figure_lock:
+            cache = self.__dict__.setdefault("_figures", OrderedDict())
+            if key in cache and Path(cache[key]).is_file():
+                cache.move_to_end(key)
+                return cache[key]
+        fig = make()
+        folder = self.__dict__.setdefault("_figure_dir", tempfile.mkdtemp(prefix="mlc-figures-"))
+        path = str(Path(folder) / f"{abs(hash(key)):x}.png")
+        fig.savefig(path, dpi=100)
+        with self._figure_lock:
+            cache[key] = path
+            same_kind = [k for k in cache if k[0] == key[0]]
+            for old in same_kind[:-keep]:
+                Path(cache.pop(old)).unlink(missing_ok=True)
+        return path
 
     @cached_property
     def tsne(self) -> pd.DataFrame:
@@ -923,11 +947,17 @@ def tsne_figure(embedding: pd.DataFrame) -> Figure:
     markers = dict(zip(TSNE_METHODS, ("o", "s", "^")))
     fig = Figure(figsize=(8, 6), layout="constrained")
     ax = fig.add_subplot()
+    for label, part in embedding.groupby("label", sort=False):  # one class's classifiers, joined
+        if len(part) > 1:
+            ax.plot(part.x, part.y, color="0.75", linewidth=0.6, zorder=1)
     for method, part in embedding.groupby("method", sort=False):
         ax.scatter(part.x, part.y, c=[GROUP_COLORS[g] for g in part.group], marker=markers[method],
-                   s=60, edgecolors="black", linewidths=0.5)
-        for row in part.itertuples():
-            ax.annotate(row.label, (row.x, row.y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                   s=60, edgecolors="black", linewidths=0.5, zorder=2)
+    # each class named once, beside the centre of its points, on a white box so labels stay legible
+    centres = embedding.groupby("label", sort=False)[["x", "y"]].mean()
+    for label, row in centres.iterrows():
+        ax.annotate(label, (row.x, row.y), fontsize=7, xytext=(4, 4), textcoords="offset points", zorder=3,
+                    bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.8))
     handles = [Line2D([], [], marker=markers[m], linestyle="", color="black", label=m)
                for m in embedding.method.unique()]
     handles += [Line2D([], [], marker="o", linestyle="", color=c, label=g) for g, c in GROUP_COLORS.items()
