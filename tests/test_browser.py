@@ -53,17 +53,29 @@ def shots(tmp_path) -> Path:
     return folder
 
 
+def test_opens_with_an_example_already_predicted(browser, url, shots):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.locator("#predict-status").get_by_text("5 methods on a").wait_for()  # no click: cached example
+    page.locator("#labels-grid table").wait_for()
+    assert page.locator("#labels-grid tr").count() == 5
+    page.screenshot(path=shots / "opening.png", full_page=True)
+    page.close()
+
+
 def test_upload_predict_and_every_tab(browser, url, shots, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(url)
-    page.locator("#model-status").get_by_text("5 of 5 loaded").wait_for()
+    page.locator("#predict-status").get_by_text("5 methods on a").wait_for()
 
     notes = tmp_path / "notes.jpg"
     notes.write_text("a text file, not an image\n")
+    page.get_by_role("button", name="Remove Image").click()
     page.locator("#image input[type=file]").set_input_files(str(notes))
     page.get_by_role("button", name="Predict", exact=True).click()
-    page.locator("#predict-status").get_by_text("The file is not an image").wait_for()
+    page.get_by_text("The file is not an image").first.wait_for()  # the error, shown to the visitor
     page.screenshot(path=shots / "bad_input.png", full_page=True)
     page.get_by_role("button", name="Remove Image").click()
 
@@ -73,6 +85,7 @@ def test_upload_predict_and_every_tab(browser, url, shots, tmp_path):
     page.locator("#predict-status").get_by_text("5 methods on a 480 x 360 image").wait_for()
     page.locator("#predict-chart img").wait_for()
     page.locator("#predict-table").get_by_text("tvmonitor", exact=True).first.wait_for()
+    assert page.locator("#labels-grid th").count() == 5  # one row per method
     top = page.locator("#predict-status strong").first.inner_text()
     page.screenshot(path=shots / "predict.png", full_page=True)
 
@@ -80,9 +93,19 @@ def test_upload_predict_and_every_tab(browser, url, shots, tmp_path):
     page.get_by_role("button", name="Explain", exact=True).click()
     page.locator("#explain-status").get_by_text(f"Maps for {top}").wait_for()
     assert _images(page, "#explain-gallery") == 5
+    # the whole map, not a square crop: the picture drawn keeps the photo's 4:3 aspect
+    ratio = page.evaluate("""() => {
+        const img = document.querySelector('#explain-gallery .thumbnail-item img, #explain-gallery button img');
+        const box = img.getBoundingClientRect(), style = getComputedStyle(img);
+        const scale = Math.min(box.width / img.naturalWidth, box.height / img.naturalHeight);
+        const fit = style.objectFit;
+        return {natural: img.naturalWidth / img.naturalHeight, fit: fit,
+                shown: fit === 'contain' ? (img.naturalWidth * scale) / (img.naturalHeight * scale) : box.width / box.height};
+    }""")
+    assert abs(ratio["natural"] - 4 / 3) < 0.02 and abs(ratio["shown"] - 4 / 3) < 0.05, ratio
     page.screenshot(path=shots / "explain.png", full_page=True)
 
-    page.get_by_role("tab", name="Flip consistency").click()
+    page.get_by_role("tab", name="Flip").click()
     page.get_by_role("button", name="Compare with the flipped image").click()
     page.locator("#flip-status").get_by_text(f"Flip consistency for {top}").wait_for()
     page.locator("#flip-table").get_by_text("Grad-CAM", exact=True).first.wait_for()
@@ -92,6 +115,8 @@ def test_upload_predict_and_every_tab(browser, url, shots, tmp_path):
     page.get_by_role("tab", name="Analysis").click()
     page.locator("#ap-table").get_by_text("mAP", exact=True).first.wait_for()
     for plot in ("#ap-plot", "#heatmap", "#network", "#tsne-plot"):
+        page.locator(f"{plot} img").wait_for(state="attached")
+        page.locator(f"{plot} img").scroll_into_view_if_needed()  # lazy images load when seen
         page.locator(f"{plot} img").wait_for()
     page.locator("#graph-status").get_by_text("directed edges").wait_for()
     page.screenshot(path=shots / "analysis.png", full_page=True)
@@ -100,6 +125,20 @@ def test_upload_predict_and_every_tab(browser, url, shots, tmp_path):
     page.locator("#examples button.gallery-item").filter(has=page.locator("img[src*='grace_hopper']")).click()
     page.get_by_role("button", name="Predict", exact=True).click()
     page.locator("#predict-status").get_by_text("5 methods on a 512 x 600 image").wait_for()
+    page.close()
+
+
+def test_phone_layout(browser, url, shots):
+    page = browser.new_page(viewport={"width": 400, "height": 860}, is_mobile=True, has_touch=True)
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.locator("#predict-status").get_by_text("5 methods on a").wait_for()
+    page.locator("#predict-chart img").wait_for()
+    assert page.locator("#predict-chart img").bounding_box()["width"] >= 300  # the chart uses the width
+    assert page.evaluate("document.documentElement.scrollWidth") <= 400 + 1  # nothing wider than the phone
+    for tab in ("Explain", "Flip", "Analysis", "Predict"):  # every tab reachable, none behind a menu
+        page.get_by_role("tab", name=tab).click()
+    page.screenshot(path=shots / "phone.png", full_page=True)
     page.close()
 
 

@@ -358,3 +358,35 @@ def test_inconsistent_checkpoint_names_the_file(tmp_path, tiny_setup, capsys, vo
     assert main(["evaluate", "--model", str(folder), "--data-root", str(voc_root), "--num-workers", "0"]) == 2
     line = error_line(capsys)
     assert expected in line and str(folder) in line
+
+
+def test_stage_2_starts_from_the_selected_stage_1_model(voc_root, tmp_path, monkeypatch):
+    """With a zero stage-2 learning rate the weights after stage 2 are the selected stage-1 ones."""
+    from safetensors.torch import load_file
+    from train.engine import Trainer
+
+    monkeypatch.setattr(Trainer, "predict", _improving_then_worse(Trainer.predict))
+    args = tiny_args(voc_root, tmp_path, "from-best", stage1_epochs=3, stage2_epochs=1, stage2_lr=0.0,
+                     stage2_min_lr=0.0, finetune="top:3")
+    assert main(["fit", "--variant", "baseline", *args]) == 0
+    run = tmp_path / "from-best" / "baseline"
+    assert json.loads((run / "eval.json").read_text())["stage1"]["selected_epoch"] == 1
+    selected = load_file(str(run / "model_stage1" / "model.safetensors"))
+    final = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    for key in ("fc.weight", "fc.bias"):
+        torch.testing.assert_close(final[key], selected[key], rtol=0, atol=0)
+
+
+def _improving_then_worse(predict):
+    """Selection scores: perfect at epoch 1, random afterwards (so epoch 1 is selected)."""
+    state = {"epoch": 0}
+
+    def wrapped(self, split, use_cache, model=None, trained=None):
+        scores, targets = predict(self, split, use_cache, model, trained)
+        if split == "selection":
+            state["epoch"] += 1
+            scores = (np.where(targets > 0, 1.0, 0.0) if state["epoch"] == 1
+                      else np.random.default_rng(state["epoch"]).random(scores.shape))
+        return scores, targets
+
+    return wrapped

@@ -58,6 +58,7 @@ class TrainConfig:
     stage2_lr: float = 1e-4
     stage2_min_lr: float = 1e-6
     finetune: str = "all"  # stage 2: "all" layers on images, or "top:K" = backbone blocks K.. on cached bottom maps
+    stage2_from_best: bool = True  # stage 2 starts from the stage-1 epoch the selection split chose, not the last
     batch_size: int = 32  # global batch, split over processes
     eval_batch_size: int = 64
     augment: bool = True  # flip, rotation, brightness / contrast / gamma; no crops

@@ -514,8 +514,12 @@ class Trainer:
         for epoch in range(start_epoch, self.total_epochs):
             stage, _ = self.stage_of(epoch)
             if stage.index != stage_index:
-                if stage.index == 2 and env.is_main and (self.run_dir / "model").is_dir():
-                    self.snapshot_stage1()
+                if stage.index == 2 and (self.run_dir / "model").is_dir():
+                    if env.is_main:
+                        self.snapshot_stage1()
+                    env.barrier()
+                    if cfg.stage2_from_best:
+                        self.restore_selected()
                 self.enter_stage(stage)
                 stage_index = stage.index
             row: dict[str, Any] = {"epoch": epoch + 1, "stage": stage.index, "lr": self.optimizer.param_groups[0]["lr"]}
@@ -546,6 +550,19 @@ class Trainer:
         shutil.copytree(self.run_dir / "model", tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
+
+    def restore_selected(self) -> None:
+        """Load the selected stage-1 model (``model_stage1/``, as saved) into the model being trained,
+        so stage 2 fine-tunes the head the selection split chose rather than the last, overfitted one.
+        Read from disk, so a resumed run restores exactly what an uninterrupted one did."""
+        from safetensors.torch import load_file
+
+        state = load_file(str(self.run_dir / "model_stage1" / "model.safetensors"))
+        own = self.model.state_dict()
+        with torch.no_grad():
+            for key, value in state.items():
+                if key in own:
+                    own[key].copy_(value.to(own[key].dtype))
 
     def evaluate_saved(self, folder: Path, trained: str | None) -> tuple[np.ndarray, np.ndarray]:
         """Eval-split scores of a saved model (from the cache when it is exact for that model)."""
