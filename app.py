@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+if __name__ == "__main__":  # the imports below take a while on a small machine: say so at once
+    print("mlc app: starting (importing gradio and torch) ...", flush=True)
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home at start-up
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
@@ -167,7 +169,7 @@ class Handlers:
         models = self.models_of(session)
         table = serving.predict_probabilities(models, decoded.image)
         labels = serving.predicted_labels(table, threshold, top_k)
-        chart = serving.probability_chart(table, top_k, threshold)
+        chart = serving.figure_array(serving.probability_chart(table, top_k, threshold))
         top = table.index[0]
         status = (f"{len(models.methods)} methods on a {decoded.original_size[0]} x {decoded.original_size[1]} image "
                   f"in {time.perf_counter() - start:.2f} s. Top class: **{serving.md(top)}** "
@@ -319,7 +321,11 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
     """
     serving.configure_threads()
     if model_set is None:
+        log.info("loading the models ...")
+        started = time.perf_counter()
         model_set = ModelSet.load(hub_repo or checkpoint_dir or default_source())
+        log.info("loaded %d models (%s) in %.1f s; building the page ...", len(model_set.methods),
+                 ", ".join(model_set.names) or "none", time.perf_counter() - started)
     allow_loading = allow_loading_default() if allow_loading is None else allow_loading
     handlers = Handlers(model_set, allow_loading)
     status, class_a, class_b, method_choice, stats_choice = handlers.model_choices()
@@ -352,7 +358,8 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                 predict_status = gr.Markdown(elem_id="predict-status")
                 labels_view = gr.HTML(label="Predicted labels", elem_id="labels-grid")
                 labels = gr.JSON(label="labels", visible=False)  # the same, for API clients
-                chart = gr.Plot(label="top classes chart", elem_id="predict-chart")
+                chart = gr.Image(label="top classes chart", type="numpy", format="png", elem_id="predict-chart",
+                                 show_label=False, interactive=False)
                 table = gr.Dataframe(label="probabilities", interactive=False, elem_id="predict-table")
             with gr.Tab("Explain"):
                 with gr.Row():
@@ -450,5 +457,7 @@ def __getattr__(name: str) -> Any:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
+    logging.basicConfig(level=logging.INFO, format="mlc app: %(message)s")
+    log.info("imports done; %s", "model loading by visitors is ON (their session only)" if allow_loading_default()
+             else "models are fixed (MLC_ALLOW_MODEL_LOADING is off)")
     launch(_module_demo())

@@ -77,10 +77,45 @@ def backbone_passes(model_set: serving.ModelSet, fn: Callable[[], object]) -> in
 
 
 def checked(result: tuple) -> tuple:
-    """A benchmark of an error message would be meaningless: stop if the handler reported one."""
-    if str(result[0]).startswith("**Error:**"):
-        raise SystemExit(f"request failed: {result[0]}")
+    """Handlers raise on a failed request (gr.Error), so a result here is a real one."""
     return result
+
+
+def bare_forward(model_set: serving.ModelSet, image: Image.Image) -> Callable[[], object]:
+    """The reference: one 224 px forward of the shared backbone and one head, no app around it."""
+    import torch
+
+    name = model_set.names[0]
+    model = model_set.methods[name].model
+    x = serving.model_input(image, model)
+
+    def run() -> None:
+        with torch.no_grad():
+            model.forward_head(model.forward_features(x))
+
+    return run
+
+
+def raw_http_predict(base: str, path: str) -> Callable[[], object]:
+    """predict over Gradio's REST API without gradio_client (which polls, adding ~170 ms): upload
+    once, then POST the call and read its event stream until it completes."""
+    import httpx
+
+    http = httpx.Client(base_url=base, timeout=120)
+    with open(path, "rb") as f:
+        uploaded = http.post("/gradio_api/upload", files={"files": (Path(path).name, f)}).json()[0]
+    payload = {"data": [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, 0.5, 5]}
+
+    def run() -> None:
+        event = http.post("/gradio_api/call/predict", json=payload).json()["event_id"]
+        with http.stream("GET", f"/gradio_api/call/predict/{event}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event: error"):
+                    raise SystemExit("predict failed over HTTP")
+                if line.startswith("event: complete"):
+                    break
+
+    return run
 
 
 def main() -> None:
@@ -97,6 +132,7 @@ def main() -> None:
     path = str(args.image)
 
     rows = {
+        "bare forward: shared backbone + one head, 224 px": timings(bare_forward(model_set, image), args.requests),
         "predict, models only": timings(lambda: serving.predict_probabilities(model_set, image), args.requests),
         "predict, handler": timings(lambda: checked(handlers.predict(path, 0.5, 5)), args.requests),
         "explain, models only": timings(lambda: serving.class_maps(model_set, image, None), args.requests),
@@ -113,6 +149,8 @@ def main() -> None:
             lambda: client.predict(handle_file(path), 0.5, 5, api_name="/predict"), args.requests)
         rows["explain, HTTP request"] = timings(
             lambda: client.predict(handle_file(path), None, api_name="/explain"), args.requests)
+        rows["predict, raw HTTP (REST API, no client polling)"] = timings(
+            raw_http_predict(f"http://127.0.0.1:{port}", path), args.requests)
     finally:
         demo.close()
 
@@ -129,6 +167,10 @@ def main() -> None:
     print("|---|---:|---:|")
     for name, t in rows.items():
         print(f"| {name} | {1000 * np.median(t):.0f} | {1000 * np.percentile(t, 90):.0f} |")
+    bare = np.median(rows["bare forward: shared backbone + one head, 224 px"])
+    print(f"\npredict / bare forward (medians): handler {np.median(rows['predict, handler']) / bare:.1f}x, "
+          f"raw HTTP {np.median(rows['predict, raw HTTP (REST API, no client polling)']) / bare:.1f}x, "
+          f"gradio_client {np.median(rows['predict, HTTP request']) / bare:.1f}x (target: HTTP within 4x)")
 
 
 if __name__ == "__main__":
