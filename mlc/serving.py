@@ -720,11 +720,11 @@ def explanation_gallery(image: Image.Image, maps: list[ClassMap], threshold: flo
         if not predicted:  # dimmed: towards white
             picture = np.uint8(0.45 * picture + 0.55 * 255)
         picture = _colour_bar(np.ascontiguousarray(picture), high, m.kind)
-        caption = f"{m.method} - {m.kind} - p = {m.probability:.2f}"
+        caption = f"{m.method} - {m.kind} - p = {m.probability:.2f}"  # short: the gallery shows one line
         if not predicted:
-            caption += f", not predicted (below {threshold:.2f})"
+            caption += " - not predicted"
         if float(np.max(m.map)) <= 0:
-            caption += ": empty map, no place raises this class's score"
+            caption += " - empty (nothing raises the score)"
         items.append((picture, caption))
     return items
 
@@ -786,12 +786,11 @@ def flip_gallery(image: Image.Image, result: FlipResult) -> list[tuple[np.ndarra
     canvas = display_array(image)
     both = normalize_map(np.stack([result.original, result.flipped_back]))
     limit = float(np.abs(result.original - result.flipped_back).max())
-    label = f"{result.method} - {result.kind} - {result.class_name}"
+    label = f"{result.method} - {result.kind}"
     return [
         (overlay(canvas, both[0], normalize=False), f"{label}: map of the image"),
-        (overlay(canvas, both[1], normalize=False), f"{label}: map of the flipped image, flipped back"),
-        (difference_image(canvas, result.original - result.flipped_back),
-         f"difference, red > 0 > blue (+-{limit:.3g})"),
+        (overlay(canvas, both[1], normalize=False), f"{label}: mirrored, flipped back"),
+        (difference_image(canvas, result.original - result.flipped_back), f"difference (scale +-{limit:.2g})"),
     ]
 
 

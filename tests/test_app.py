@@ -561,3 +561,19 @@ def test_upload_over_the_size_limit_is_refused_at_upload(client, tmp_path):
     big.write_bytes(b"\xff\xd8\xff" + b"\0" * (limit_mb + 1) * 2**20)
     with pytest.raises(Exception, match="(?i)(too large|exceeds|maximum|size)"):
         client.predict(handle_file(str(big)), 0.5, 5, api_name="/predict")
+
+
+def test_maps_of_one_kind_share_a_scale_and_unpredicted_ones_are_marked(tmp_path):
+    from mlc.serving import ClassMap, explanation_gallery
+
+    image = Image.open(write_photo(tmp_path / "p.jpg", (320, 240)))
+    strong = np.array([[0.0, 2.0], [1.0, -1.0]], dtype=np.float32)
+    maps = [ClassMap("baseline", "CAM", strong, 0.9), ClassMap("mlgcn", "CAM", strong / 4, 0.8),
+            ClassMap("gcam", "CAM", strong, 0.02), ClassMap("ggnn", "Grad-CAM", np.zeros((2, 2), np.float32), 0.1)]
+    items = explanation_gallery(image, maps)
+    (a, ca), (b, cb), (c, cc), (d, cd) = items
+    assert a.shape[:2] == (336, 448) == b.shape[:2]  # the whole image, its aspect kept
+    assert not np.array_equal(a, b)  # a weaker map of the same kind looks weaker (own-range scaling hid it)
+    assert "not predicted" in cc and "not predicted" not in ca
+    assert c.mean() > a.mean()  # dimmed
+    assert "empty" in cd and cd.startswith("ggnn - Grad-CAM")
