@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
-
 from .base import to_rgb
+
+# torchvision is imported where it is used (gamma only): the test transform needs plain torch, so
+# serving (the app) starts without torchvision, torch._dynamo and sympy (about 3 s and 160 MiB).
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -91,6 +91,8 @@ class RandomGamma:
     gamma_range: tuple[float, float] = (0.8, 1.25)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
         return F.adjust_gamma(image, sample_gamma(self.gamma_range))
 
 
@@ -110,18 +112,23 @@ class ResizeUint8:
     size: int
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return F.resize(F.pil_to_tensor(image), [self.size, self.size], antialias=True)
+        # what torchvision's PILToTensor + Resize(antialias=True) compute on uint8 (identical pixels)
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+        return torch.nn.functional.interpolate(pixels[None], size=(self.size, self.size), mode="bilinear",
+                                               align_corners=False, antialias=True)[0]
 
 
 def _unit_values() -> torch.Tensor:
     """(3, 256) float32: the values 0..255 scaled to [0, 1] exactly as `ToDtype(scale=True)` does."""
     levels = torch.arange(256, dtype=torch.uint8).expand(3, 1, 256)
-    return F.to_dtype(levels, torch.float32, scale=True).reshape(3, 256)
+    return levels.to(torch.float32).mul_(1.0 / 255).reshape(3, 256)  # torchvision's to_dtype(scale=True)
 
 
 def _normalized_table(values: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """(3, 256) float32 values in [0, 1] -> normalized (256, 1, 3) table for `cv2.LUT` on HWC uint8."""
-    normalized = F.normalize(values.reshape(3, 1, 256), mean=list(mean), std=list(std))
+    mean_t = torch.as_tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
+    std_t = torch.as_tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
+    normalized = values.reshape(3, 1, 256).sub(mean_t).div_(std_t)  # torchvision's normalize
     return np.ascontiguousarray(normalized.reshape(3, 256).T.numpy().reshape(256, 1, 3))
 
 
@@ -276,6 +283,21 @@ class FusedAugment:
         return _chw(out)
 
 
+class Compose:
+    """Apply steps in order (torchvision's ``Compose`` without importing torchvision)."""
+
+    def __init__(self, transforms: list[object]):
+        self.transforms = list(transforms)
+
+    def __call__(self, image):
+        for step in self.transforms:
+            image = step(image)
+        return image
+
+    def __repr__(self) -> str:
+        return "Compose(" + ", ".join(repr(t) for t in self.transforms) + ")"
+
+
 def build_transforms(
     image_size: int,
     train: bool,
@@ -286,7 +308,7 @@ def build_transforms(
     contrast: float = 0.2,
     gamma: tuple[float, float] | None = (0.8, 1.25),
     hflip: float = 0.5,
-) -> v2.Compose:
+) -> Compose:
     """Resize to (image_size, image_size), augment if `train`, scale to [0, 1] and normalize.
 
     A zero / None augmentation parameter leaves that step out. Rotation fills the corners with
@@ -304,7 +326,7 @@ def build_transforms(
         if augment.rotation == 0 and augment.hflip <= 0 and not augment.jitters_colour:
             augment = None
     steps.append(augment if augment is not None else NormalizeLUT(tuple(mean), tuple(std)))
-    transform = v2.Compose(steps)
+    transform = Compose(steps)
     if augment is not None:
         transform.draft_size = int(image_size)
     return transform
