@@ -169,7 +169,7 @@ class Handlers:
         models = self.models_of(session)
         table = serving.predict_probabilities(models, decoded.image)
         labels = serving.predicted_labels(table, threshold, top_k)
-        chart = serving.figure_array(serving.probability_chart(table, top_k, threshold))
+        chart = serving.probability_bars_html(table, top_k, threshold)
         top = table.index[0]
         status = (f"{len(models.methods)} methods on a {decoded.original_size[0]} x {decoded.original_size[1]} image "
                   f"in {time.perf_counter() - start:.2f} s. Top class: **{serving.md(top)}** "
@@ -358,8 +358,7 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                 predict_status = gr.Markdown(elem_id="predict-status")
                 labels_view = gr.HTML(label="Predicted labels", elem_id="labels-grid")
                 labels = gr.JSON(label="labels", visible=False)  # the same, for API clients
-                chart = gr.Image(label="top classes chart", type="numpy", format="png", elem_id="predict-chart",
-                                 show_label=False, interactive=False)
+                chart = gr.HTML(label="top classes chart", elem_id="predict-chart")
                 table = gr.Dataframe(label="probabilities", interactive=False, elem_id="predict-table")
             with gr.Tab("Explain"):
                 with gr.Row():

@@ -83,7 +83,7 @@ def test_upload_predict_and_every_tab(browser, url, shots, tmp_path):
     page.locator("#image img").first.wait_for()
     page.get_by_role("button", name="Predict", exact=True).click()
     page.locator("#predict-status").get_by_text("5 methods on a 480 x 360 image").wait_for()
-    page.locator("#predict-chart img").wait_for()
+    page.locator("#predict-chart .mlc-row").first.wait_for()
     page.locator("#predict-table").get_by_text("tvmonitor", exact=True).first.wait_for()
     assert page.locator("#labels-grid th").count() == 5  # one row per method
     top = page.locator("#predict-status strong").first.inner_text()
@@ -133,8 +133,8 @@ def test_phone_layout(browser, url, shots):
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(url)
     page.locator("#predict-status").get_by_text("5 methods on a").wait_for()
-    page.locator("#predict-chart img").wait_for()
-    assert page.locator("#predict-chart img").bounding_box()["width"] >= 300  # the chart uses the width
+    page.locator("#predict-chart .mlc-row").first.wait_for()
+    assert page.locator("#predict-chart .mlc-chart").bounding_box()["width"] >= 300  # the chart uses the width
     assert page.evaluate("document.documentElement.scrollWidth") <= 400 + 1  # nothing wider than the phone
     for tab in ("Explain", "Flip", "Analysis", "Predict"):  # every tab reachable, none behind a menu
         page.get_by_role("tab", name=tab).click()
