@@ -320,6 +320,7 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
     models serve that visitor's session only; off, no endpoint can change what is served.
     """
     serving.configure_threads()
+    serving.configure_memory()
     if model_set is None:
         log.info("loading the models ...")
         started = time.perf_counter()
