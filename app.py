@@ -367,7 +367,7 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                                                 **_dropdown(class_a))
                     explain_button = gr.Button("Explain", variant="primary")
                 explain_status = gr.Markdown(elem_id="explain-status")
-                explain_gallery = gr.Gallery(label="explanation maps", columns=[1, 2, 3, 3, 5, 5], height="auto",
+                explain_gallery = gr.Gallery(label="explanation maps", columns=5, height="auto", preview=False,
                                              object_fit="contain", elem_id="explain-gallery")
             with gr.Tab("Flip"):
                 with gr.Row():
@@ -376,7 +376,7 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                                              **_dropdown(class_b))
                     flip_button = gr.Button("Compare with the flipped image", variant="primary")
                 flip_status = gr.Markdown(elem_id="flip-status")
-                flip_gallery = gr.Gallery(label="flip maps", columns=[1, 3, 3, 3, 3, 3], height="auto", object_fit="contain",
+                flip_gallery = gr.Gallery(label="flip maps", columns=3, height="auto", object_fit="contain", preview=False,
                                           elem_id="flip-gallery")
                 flip_table = gr.Dataframe(label="flip consistency per method", interactive=False, elem_id="flip-table")
             with gr.Tab("Analysis") as analysis_tab:
