@@ -70,6 +70,11 @@ MAX_UPLOAD = "15mb"  # refused at upload, before any handler runs
 CACHE_SECONDS = (600, 1800)  # uploads and outputs older than 30 min are deleted every 10 min
 
 
+# Gradio's gallery takes one column count: on a phone, two maps a row instead of five side-scrolling
+PHONE_CSS = ("@media (max-width: 640px) { #explain-gallery .grid-container, #flip-gallery .grid-container "
+             "{ grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } }")
+
+
 def guarded(fn: Callable[..., tuple]) -> Callable[..., tuple]:
     """Turn a failure into ``gr.Error``: the UI shows the message, an API client gets an exception
     carrying it. A request's mistake is told as is; anything else is logged and told in general
@@ -439,6 +444,7 @@ def launch(demo: gr.Blocks, port: int | None = None, server_name: str | None = N
     port = port or int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860)
     server_name = server_name or os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0")
     kwargs.setdefault("max_file_size", MAX_UPLOAD)
+    kwargs.setdefault("css", PHONE_CSS)
     demo.queue(default_concurrency_limit=SERVER_CONCURRENCY, max_size=QUEUE_MAX).launch(
         server_name=server_name, server_port=port, **kwargs)
     return demo

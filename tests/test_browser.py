@@ -136,7 +136,12 @@ def test_phone_layout(browser, url, shots):
     page.locator("#predict-chart .mlc-row").first.wait_for()
     assert page.locator("#predict-chart .mlc-chart").bounding_box()["width"] >= 300  # the chart uses the width
     assert page.evaluate("document.documentElement.scrollWidth") <= 400 + 1  # nothing wider than the phone
-    for tab in ("Explain", "Flip", "Analysis", "Predict"):  # every tab reachable, none behind a menu
+    page.get_by_role("tab", name="Explain").click()
+    page.get_by_role("button", name="Explain", exact=True).click()
+    page.locator("#explain-gallery img").first.wait_for()
+    boxes = [img.bounding_box() for img in page.locator("#explain-gallery img").all()]
+    assert len(boxes) == 5 and all(b["x"] >= 0 and b["x"] + b["width"] <= 400 for b in boxes)  # no map off-screen
+    for tab in ("Flip", "Analysis", "Predict"):  # every tab reachable, none behind a menu
         page.get_by_role("tab", name=tab).click()
     page.screenshot(path=shots / "phone.png", full_page=True)
     page.close()
