@@ -30,7 +30,8 @@ from mlc import serving  # noqa: E402
 from mlc.serving import ModelSet, RequestError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-EXAMPLES = sorted((ROOT / "examples").glob("*.jpg"))
+# the first one opens the page already predicted: a photo on which the methods predict something
+EXAMPLES = sorted((ROOT / "examples").glob("*.jpg"), key=lambda p: (p.name != "grace_hopper.jpg", p.name))
 log = logging.getLogger("mlc.app")
 
 

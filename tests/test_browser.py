@@ -57,7 +57,7 @@ def test_opens_with_an_example_already_predicted(browser, url, shots):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(url)
-    page.locator("#predict-status").get_by_text("5 methods on a").wait_for()  # no click: cached example
+    page.locator("#predict-status").get_by_text("5 methods on a 512 x 600 image").wait_for()  # no click: cached
     page.locator("#labels-grid table").wait_for()
     assert page.locator("#labels-grid tr").count() == 5
     page.screenshot(path=shots / "opening.png", full_page=True)
@@ -122,9 +122,10 @@ def test_upload_predict_and_every_tab(browser, url, shots, tmp_path):
     page.screenshot(path=shots / "analysis.png", full_page=True)
 
     page.get_by_role("tab", name="Predict").click()
-    page.locator("#examples button.gallery-item").filter(has=page.locator("img[src*='grace_hopper']")).click()
+    # the page opened on grace_hopper (512 x 600): pick the other example and predict it
+    page.locator("#examples button.gallery-item").filter(has=page.locator("img[src*='china']")).click()
     page.get_by_role("button", name="Predict", exact=True).click()
-    page.locator("#predict-status").get_by_text("5 methods on a 512 x 600 image").wait_for()
+    page.locator("#predict-status").get_by_text("5 methods on a 640 x 427 image").wait_for()
     page.close()
 
 
