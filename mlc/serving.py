@@ -5,8 +5,11 @@ Free of Gradio, so the logic is tested and benchmarked without a server (``app.p
 """
 from __future__ import annotations
 
+import copy
+import html
 import json
 import os
+import re
 import struct
 import threading
 import warnings
@@ -231,8 +234,6 @@ def share_backbones(models: Mapping[str, MultiLabelModel]) -> list[SharedBackbon
         bottom_key = (*key, "bottom", cut)
         if bottom_key not in shared:
             # the bottom of a "top:K" checkpoint is rebuilt from the packaged weights: any of them will do
-            import copy
-
             shared[bottom_key] = SharedBackbone(copy.deepcopy(model.backbone))
         model.backbone.requires_grad_(False).eval()
         model.backbone = TopOnSharedBottom(shared[bottom_key], model.backbone, cut)
@@ -309,7 +310,7 @@ def _fetch_hub_repo(repo_id: str, trusted: bool = True) -> Path:
         raise RequestError(f"could not fetch Hub repo {repo_id!r} ({type(err).__name__})") from None
 
 
-_PATH = __import__("re").compile(r"(?<![\w.~-])(?:/[^\s'\"():,;]+)+")  # an absolute path
+_PATH = re.compile(r"(?<![\w.~-])(?:/[^\s'\"():,;]+)+")  # an absolute path
 
 
 def public_problem(err: BaseException, root: Path | None, trusted: bool) -> str:
@@ -509,23 +510,20 @@ class ModelSet:
 
 
 def looks_like_repo(text: str) -> bool:
-    import re
+    """A Hub repo id, optionally pinned (``user/name@revision``)."""
+    from mlc.models.base import looks_like_repo_id
 
-    return re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", text) is not None
+    return looks_like_repo_id(split_revision(text)[0])
 
 
 def md(text: Any) -> str:
     """Text from a checkpoint or a visitor, safe inside Markdown: HTML escaped, Markdown syntax
     backslash-escaped, one line (a class named "[x](http://...)" stays text, not a link)."""
-    import html
-    import re
-
     text = html.escape(str(text), quote=False).replace("\n", " ")
     return re.sub(r"([\\`*_{}\[\]()#+\-!|~>])", r"\\\1", text)
 
 
-def _cell(text: Any) -> str:
-    return md(text)
+_cell = md  # a table cell: the same escaping
 
 
 def _evaluation_summary(method: Method) -> str:
@@ -594,8 +592,6 @@ def predicted_labels(table: pd.DataFrame, threshold: float, top_k: int) -> dict[
 def labels_html(labels: Mapping[str, list[str]], threshold: float, top_k: int) -> str:
     """The predicted labels at a glance: one row per method, one chip per label; a label that only
     some methods predict is marked, and a method that predicts nothing says so."""
-    import html
-
     methods = list(labels)
     every = set.intersection(*(set(v) for v in labels.values())) if labels else set()
     some = set().union(*(set(v) for v in labels.values())) if labels else set()
@@ -637,8 +633,6 @@ def probability_bars_html(table: pd.DataFrame, top_k: int, threshold: float) -> 
     """The top-k classes (by mean score) as plain HTML bars, one per method, with the threshold
     marked: built in well under a millisecond (a matplotlib chart cost 300 ms per request), sharp
     at any width, and readable on a phone."""
-    import html
-
     top = table.drop(columns="mean").head(max(1, int(top_k)))
     legend = "".join(f'<span class="mlc-key"><i style="background:{_css_colour(m)}"></i>{html.escape(m)}</span>'
                      for m in top.columns)
@@ -666,31 +660,6 @@ def _css_colour(method: str) -> str:
     from matplotlib.colors import to_hex
 
     return to_hex(METHOD_COLORS.get(method, "tab:gray"))
-
-
-def figure_array(fig: Figure, dpi: int = 90) -> np.ndarray:
-    """RGB pixels of a figure: an image output costs a fraction of Gradio's matplotlib output,
-    which re-renders and encodes WebP on every request (255 ms of a 560 ms predict)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    fig.set_dpi(dpi)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
-
-
-def probability_chart(table: pd.DataFrame, top_k: int, threshold: float) -> Figure:
-    """Grouped bars of the top-k classes (by mean score), one bar per method, and the threshold."""
-    top = table.drop(columns="mean").head(max(1, int(top_k)))
-    fig = Figure(figsize=(8, 3.6), layout="constrained")
-    ax = fig.add_subplot()
-    _grouped_bars(ax, top, METHOD_COLORS)
-    ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.2f}")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("probability")
-    ax.set_title(f"Top {len(top)} classes by mean score")
-    fig.legend(fontsize=8, ncols=len(top.columns) + 1, loc="outside upper center")
-    return fig
 
 
 # -- explain and flip consistency -------------------------------------------------------------------

@@ -143,19 +143,30 @@ def test_kill_during_model_save_leaves_no_half_written_folder(voc_root, tmp_path
     load_model(tmp_path / "kill2" / "baseline" / "model")  # complete: config and weights of one epoch
 
 
-def _improving(predict):
-    """Wrap Trainer.predict: epoch 1's selection scores are random, epoch 2's perfect (both save model/)."""
+def _scripted_selection(predict, perfect_at):
+    """Wrap Trainer.predict: selection scores are perfect in the epochs ``perfect_at(epoch)`` names
+    and random otherwise, so a test decides which epochs improve (and save model/)."""
     state = {"epoch": 0}
 
     def wrapped(self, split, use_cache, model=None, trained=None):
         scores, targets = predict(self, split, use_cache, model, trained)
         if split == "selection":
             state["epoch"] += 1
-            noise = np.random.default_rng(0).random(scores.shape)
-            scores = noise if state["epoch"] == 1 else np.where(targets > 0, 1.0, 0.0)  # random, then perfect
+            scores = (np.where(targets > 0, 1.0, 0.0) if perfect_at(state["epoch"])
+                      else np.random.default_rng(state["epoch"]).random(scores.shape))
         return scores, targets
 
     return wrapped
+
+
+def _improving(predict):
+    """Epoch 1's selection scores are random, epoch 2's perfect (both save model/)."""
+    return _scripted_selection(predict, lambda epoch: epoch >= 2)
+
+
+def _improving_then_worse(predict):
+    """Perfect at epoch 1, random afterwards (so epoch 1 is selected)."""
+    return _scripted_selection(predict, lambda epoch: epoch == 1)
 
 
 def test_kill_between_metrics_and_checkpoint_leaves_each_epoch_once(voc_root, tmp_path, monkeypatch):
@@ -375,18 +386,3 @@ def test_stage_2_starts_from_the_selected_stage_1_model(voc_root, tmp_path, monk
     final = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
     for key in ("fc.weight", "fc.bias"):
         torch.testing.assert_close(final[key], selected[key], rtol=0, atol=0)
-
-
-def _improving_then_worse(predict):
-    """Selection scores: perfect at epoch 1, random afterwards (so epoch 1 is selected)."""
-    state = {"epoch": 0}
-
-    def wrapped(self, split, use_cache, model=None, trained=None):
-        scores, targets = predict(self, split, use_cache, model, trained)
-        if split == "selection":
-            state["epoch"] += 1
-            scores = (np.where(targets > 0, 1.0, 0.0) if state["epoch"] == 1
-                      else np.random.default_rng(state["epoch"]).random(scores.shape))
-        return scores, targets
-
-    return wrapped

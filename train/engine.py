@@ -56,6 +56,13 @@ class Stage:
     augment: bool
     cut: int | None = None  # stage 2 "top:K": blocks K.. train on cached bottom features
 
+    @property
+    def trained_part(self) -> str | None:
+        """The part of the backbone this stage trains: None (frozen), "top:K" or "all"."""
+        if self.index == 1:
+            return None
+        return "all" if self.cut is None else f"top:{self.cut}"
+
 
 @dataclass
 class History:
@@ -227,7 +234,7 @@ class Trainer:
         cfg = self.config
         params = self.trainable_parameters(stage)
         if stage.index == 2:
-            self.trained_part = cfg.finetune if stage.cut is not None else "all"
+            self.trained_part = stage.trained_part
             if self.model.backbone_trained is None:  # what a checkpoint must store beyond the packaged weights
                 self.model.backbone_trained = self.trained_part
         self.step_module.cut = stage.cut
@@ -564,9 +571,9 @@ class Trainer:
                 if key in own:
                     own[key].copy_(value.to(own[key].dtype))
 
-    def evaluate_saved(self, folder: Path, trained: str | None) -> tuple[np.ndarray, np.ndarray]:
-        """Eval-split scores of a saved model (from the cache when it is exact for that model)."""
-        model = load_model(folder).to(self.device)
+    def evaluate_saved(self, model: MultiLabelModel, trained: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """Eval-split scores of a model as saved (from the cache when it is exact for that model)."""
+        model = model.to(self.device)
         usable, cut = self.cache_source(trained)
         # the eval split's cached maps are exact when the cached part is untouched by training and
         # training used those maps (no augmentation of the images that part sees)
@@ -577,14 +584,13 @@ class Trainer:
         """Evaluate the selected model (as saved) on the eval split; write eval.json and its scores."""
         cfg = self.config
         best_stage = self.stage_of(history.best_epoch - 1)[0]
-        trained = None if best_stage.index == 1 else (cfg.finetune if best_stage.cut is not None else "all")
-        scores, targets = self.evaluate_saved(self.run_dir / "model", trained)
         best = load_model(self.run_dir / "model")
+        scores, targets = self.evaluate_saved(best, best_stage.trained_part)
         report = evaluate(scores, targets, classes=self.splits.fit.classes)
         stage1 = None
         if (self.run_dir / "model_stage1").is_dir() and self.stages[1].epochs > 0:
             stage1_rows = [r for r in history.rows if r["stage"] == 1]
-            s1_scores, _ = self.evaluate_saved(self.run_dir / "model_stage1", None)
+            s1_scores, _ = self.evaluate_saved(load_model(self.run_dir / "model_stage1"), None)
             stage1 = {"selected_epoch": 1 + max(range(len(stage1_rows)), key=lambda i: stage1_rows[i]["selection_map"]),
                       "selection_map": max(r["selection_map"] for r in stage1_rows),
                       "metrics": evaluate(s1_scores, targets, classes=self.splits.fit.classes).to_dict()}
