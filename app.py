@@ -26,7 +26,7 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 from gradio.data_classes import ImageData  # noqa: E402
 
-from mlc import serving  # noqa: E402
+from mlc import insight, serving  # noqa: E402
 from mlc.serving import ModelSet, RequestError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -223,6 +223,29 @@ class Handlers:
         return status, seeds_table, _records(table, "class"), chart
 
     @guarded
+    def what_models_see(self, session: ModelSet | None = None) -> tuple:
+        """What the runs measured on the evaluation split (eval.json "diagnostics", report.json
+        "disagreement"): map localisation against boxes, flip consistency, what each label graph
+        adds, and the images on which the methods disagree most."""
+        models = self.models_of(session)
+        status, table = insight.seeing_table(models)
+        plot = models.figure(("seeing",), lambda: insight.seeing_figure(table)) if table is not None else None
+        per_class = insight.graph_table(models)
+        graph_plot = (models.figure(("graph-ap",), lambda: insight.graph_figure(per_class))
+                      if per_class is not None else None)
+        dis_status, dis_table, images = insight.disagreement_table(models)
+        gallery, note = insight.disagreement_gallery(images)
+        return (status, table, plot, None if per_class is None else _records(per_class, "class"), graph_plot,
+                dis_status + (" " + note if note else ""), dis_table, gallery)
+
+    @guarded
+    def graph_effect(self, image: Any, session: ModelSet | None = None) -> tuple:
+        """Each graph method's scores on the photo with and without its label graph, largest changes first."""
+        decoded = _image(image)
+        status, table = insight.graph_effect(self.models_of(session), decoded.image)
+        return status, table
+
+    @guarded
     def label_graph(self, method: Any, tau: Any, p: Any, session: ModelSet | None = None) -> tuple:
         """Co-occurrence P(j|i) of a model's training split and its re-weighted graph A'' for tau, p."""
         method = _text(method, "method")
@@ -271,9 +294,11 @@ class Handlers:
         from memory: the Space opens with the five methods already compared."""
         with self._opening_lock:
             if self._opening is None and EXAMPLES:
-                self._opening = self.predict(str(EXAMPLES[0]), 0.5, 5)
+                effect = self.graph_effect(str(EXAMPLES[0])) if any(
+                    m.model.has_label_graph for m in self.models.methods.values()) else (gr.update(), gr.update())
+                self._opening = (*self.predict(str(EXAMPLES[0]), 0.5, 5), *effect)
         if self._opening is None:
-            return (gr.update(),) * 6
+            return (gr.update(),) * 8
         return (str(EXAMPLES[0]), *self._opening)
 
     def flip_default(self, models: ModelSet | None = None) -> str | None:
@@ -367,6 +392,10 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                 labels = gr.JSON(label="labels", visible=False)  # the same, for API clients
                 chart = gr.HTML(label="top classes chart", elem_id="predict-chart")
                 table = gr.Dataframe(label="probabilities", interactive=False, elem_id="predict-table")
+                with gr.Accordion("What the label graph changed on this photo", open=True):
+                    effect_status = gr.Markdown(elem_id="graph-effect-status")
+                    effect_table = gr.Dataframe(label="scores with and without the label graph", interactive=False,
+                                                elem_id="graph-effect-table")
             with gr.Tab("Explain"):
                 with gr.Row():
                     explain_class = gr.Dropdown(label="Class (empty: the top-scoring one)", allow_custom_value=True,
@@ -403,11 +432,27 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                     network = gr.Image(label="re-weighted graph", type="filepath", elem_id="network")
                 tsne_status = gr.Markdown(elem_id="tsne-status")
                 tsne_plot = gr.Image(label="t-SNE of the classifiers", type="filepath", elem_id="tsne-plot")
+                gr.Markdown("### What the models see")
+                seeing_status = gr.Markdown(elem_id="seeing-status")
+                seeing_table = gr.Dataframe(label="localisation, flip consistency and the label graph's share",
+                                            interactive=False, elem_id="seeing-table")
+                seeing_plot = gr.Image(label="pointing game and box energy", type="filepath", elem_id="seeing-plot")
+                graph_ap_table = gr.Dataframe(label="AP change per class from the label graph (pp)", interactive=False,
+                                              elem_id="graph-ap-table")
+                graph_ap_plot = gr.Image(label="AP change per class from the label graph", type="filepath",
+                                         elem_id="graph-ap-plot")
+                disagree_status = gr.Markdown(elem_id="disagree-status")
+                disagree_table = gr.Dataframe(label="where the methods disagree", interactive=False,
+                                              elem_id="disagree-table")
+                disagree_gallery = gr.Gallery(label="disputed images", columns=4, height="auto", preview=False,
+                                              object_fit="contain", elem_id="disagree-gallery")
 
         predict_io = dict(fn=handlers.predict, inputs=[image, threshold, top_k, session],
                           outputs=[predict_status, table, chart, labels, labels_view], **busy)
-        predict_button.click(**predict_io, api_name="predict").success(
-            _top_class, inputs=[table], outputs=[explain_class, flip_class], api_visibility="private")
+        predicted = predict_button.click(**predict_io, api_name="predict")
+        predicted.success(_top_class, inputs=[table], outputs=[explain_class, flip_class], api_visibility="private")
+        predicted.success(handlers.graph_effect, [image, session], [effect_status, effect_table],
+                          api_name="graph_effect", **busy)
         for slider in (threshold, top_k):
             slider.release(**predict_io, api_visibility="private")
         explain_button.click(handlers.explain, [image, explain_class, session], [explain_status, explain_gallery],
@@ -418,6 +463,9 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                         outputs=[graph_status, heatmap, network], **busy)
         analysis_tab.select(handlers.per_class_ap, [session], [ap_status, seeds_table, ap_table, ap_plot],
                             api_name="per_class_ap", **busy) \
+            .then(handlers.what_models_see, [session],
+                  [seeing_status, seeing_table, seeing_plot, graph_ap_table, graph_ap_plot, disagree_status,
+                   disagree_table, disagree_gallery], api_name="what_models_see", **busy) \
             .then(**graph_io, api_name="label_graph") \
             .then(handlers.classifier_tsne, [session], [tsne_status, tsne_plot], api_name="classifier_tsne", **busy)
         for control in (tau, p):
@@ -429,7 +477,8 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                               api_name="load_models", **busy)
         if EXAMPLES:  # open with the first example already predicted (computed once, then from memory)
             demo.load(handlers.opening_example, None,
-                      [image, predict_status, table, chart, labels, labels_view], api_visibility="private", **busy)
+                      [image, predict_status, table, chart, labels, labels_view, effect_status, effect_table],
+                      api_visibility="private", **busy)
     return demo
 
 

@@ -103,12 +103,24 @@ def normalize_map(cam: np.ndarray) -> np.ndarray:
     return np.zeros_like(cam) if hi - lo < 1e-12 else (cam - lo) / (hi - lo)
 
 
+def map_to_image(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A (h, w) map over the model's input, brought onto an image of ``size`` = (height, width) px.
+
+    The models see the whole image squashed to a square (``mlc.data.transforms``: resize, no crop),
+    so map cell (i, j) covers the same share of any image: a bilinear resize with cells centred at
+    half-pixel positions puts it back, whatever the aspect ratio. The app's overlays and the
+    localisation scores (``mlc.localization``) both use this function.
+    """
+    import cv2
+
+    height, width = int(size[0]), int(size[1])
+    return cv2.resize(np.asarray(cam, dtype=np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, normalize: bool = True) -> np.ndarray:
     """Blend a (h, w) map, upsampled to the image, over an RGB uint8 image with the JET colormap."""
     import cv2
 
-    height, width = image.shape[:2]
-    heat = normalize_map(cam) if normalize else np.clip(cam, 0.0, 1.0)
-    heat = cv2.resize(heat, (width, height), interpolation=cv2.INTER_LINEAR)
+    heat = map_to_image(normalize_map(cam) if normalize else np.clip(cam, 0.0, 1.0), image.shape[:2])
     colored = cv2.applyColorMap(np.uint8(255 * heat), cv2.COLORMAP_JET)[:, :, ::-1]
     return np.uint8(np.clip((1 - alpha) * image.astype(np.float32) + alpha * colored, 0, 255))

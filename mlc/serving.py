@@ -32,7 +32,7 @@ from torch import nn
 from mlc import graph as label_graph
 from mlc.data.base import to_rgb
 from mlc.data.transforms import build_transforms
-from mlc.explain import explanation_maps, flip_consistency, normalize_map, overlay
+from mlc.explain import explanation_maps, flip_consistency, map_to_image, normalize_map, overlay
 from mlc.models import MultiLabelModel, load_model
 from mlc.stats import LabelStatistics
 
@@ -805,11 +805,8 @@ def flip_views(model_set: ModelSet, image: Image.Image, method: str, class_name:
 
 def difference_image(canvas: np.ndarray, difference: np.ndarray) -> np.ndarray:
     """The signed difference in a diverging colormap (white = 0, symmetric range) over the grey image."""
-    import cv2
-
     limit = float(np.abs(difference).max()) or 1.0
-    size = (canvas.shape[1], canvas.shape[0])
-    heat = cv2.resize((difference / limit).astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+    heat = map_to_image(difference / limit, canvas.shape[:2])
     colored = colormaps["RdBu_r"]((heat + 1.0) / 2.0)[..., :3] * 255.0
     grey = canvas.astype(np.float32).mean(axis=2, keepdims=True)
     return np.uint8(np.clip(0.35 * grey + 0.65 * colored, 0, 255))

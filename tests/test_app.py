@@ -38,9 +38,20 @@ def write_checkpoints(root: Path, seed: int = 0) -> Path:
     """Tiny-backbone checkpoints of the five variants (VOC classes) plus an eval.json each."""
     from mlc.models import create_model
 
+    from fixtures import make_voc
+
+    from mlc.data import build_dataset
+    from mlc.diagnostics import diagnose
+
     rng = np.random.default_rng(seed)
     stats = label_statistics((rng.random((120, len(VOC_CLASSES))) < 0.25).astype(np.int8), VOC_CLASSES)
     embeddings = rng.normal(size=(len(VOC_CLASSES), 8)).astype(np.float32)
+    # a small VOC tree whose ids are those of eval_scores.npz: the diagnostics' data, and the
+    # dataset folder an operator points MLC_DATA_ROOT at for the disputed images
+    ids = [f"{i:06d}" for i in range(50)]
+    voc = make_voc(voc_root(root), annotations={"val": {
+        i: [VOC_CLASSES[k % 20], VOC_CLASSES[(7 * k + 3) % 20]] for k, i in enumerate(ids[:12])}})
+    val = build_dataset("voc2007", voc, "val")
     for name in VARIANTS:
         extra = {"hidden_dim": 16} if name == "ssgrl" else {}
         model = create_model(name, classes=VOC_CLASSES, backbone="tiny", pretrained=False, label_stats=stats,
@@ -51,14 +62,18 @@ def write_checkpoints(root: Path, seed: int = 0) -> Path:
         scores = rng.random(targets.shape).astype(np.float32)
         report = evaluate(scores, targets, VOC_CLASSES)
         evaluation = {"model_name": name, "dataset": "voc2007", "split": "test", "num_images": 50,
-                      "metrics": report.to_dict()}
+                      "metrics": report.to_dict(), "diagnostics": diagnose(model.eval(), val, batch_size=12)}
         (root / name / "eval.json").write_text(json.dumps(evaluation))
-        np.savez(root / name / "eval_scores.npz", scores=scores, targets=targets,
-                 ids=np.array([f"{i:06d}" for i in range(50)]))
+        np.savez(root / name / "eval_scores.npz", scores=scores, targets=targets, ids=np.array(ids))
     from train.report import write_report
 
     write_report(root, num_samples=50)  # report.json: seeds and bootstrap intervals, as shipped
     return root
+
+
+def voc_root(checkpoints: Path) -> Path:
+    """Where ``write_checkpoints`` puts its small VOC tree (beside the checkpoints, not among them)."""
+    return checkpoints.parent / f"{checkpoints.name}-voc"
 
 
 def free_port() -> int:
@@ -201,7 +216,9 @@ def test_every_handler_is_a_named_endpoint(client):
         "/predict": ["image", "threshold", "top_k"],
         "/explain": ["image", "class_name"],
         "/flip_consistency": ["image", "method", "class_name"],
+        "/graph_effect": ["image"],
         "/per_class_ap": [],
+        "/what_models_see": [],
         "/label_graph": ["method", "tau", "p"],
         "/classifier_tsne": [],
     }  # no /load_models: the models are the operator's choice (opt-in: test_visitor_loads_...)
@@ -296,6 +313,70 @@ def test_per_class_ap_matches_eval_json(client, checkpoints):
     assert Image.open(plot).format == "PNG"
 
 
+def test_what_the_models_see_shows_the_shipped_diagnostics(client, checkpoints):
+    (status, table, plot, per_class, graph_plot, dis_status, dis_table, gallery) = client.predict(
+        api_name="/what_models_see")
+    assert "Pointing game" in status and "12 evaluation images" in status
+    rows = {r[0]: dict(zip(table["headers"], r)) for r in table["data"]}
+    assert list(rows) == [*VARIANTS, "random map", "centre map"]
+    for name in VARIANTS:
+        d = json.loads((checkpoints / name / "eval.json").read_text())["diagnostics"]
+        assert rows[name]["map"] == MAP_KINDS[name]
+        assert rows[name]["pointing game (%)"] == pytest.approx(100 * d["localization"]["method"]["pointing"], abs=0.051)
+        assert rows[name]["flip cosine"] == pytest.approx(d["flip"]["cosine"], abs=5e-4)
+        if name == "baseline":
+            assert rows[name]["graph's share (pp)"] is None
+        else:
+            assert rows[name]["graph's share (pp)"] == pytest.approx(100 * d["graph"]["difference"], abs=0.0051)
+    centre = json.loads((checkpoints / "gcam" / "eval.json").read_text())["diagnostics"]["localization"]["centre"]
+    assert rows["centre map"]["box energy (%)"] == pytest.approx(100 * centre["energy"], abs=0.051)
+    assert per_class["headers"] == ["class", "ggnn", "ssgrl", "mlgcn", "gcam"]
+    assert [r[0] for r in per_class["data"]] == VOC_CLASSES
+    assert Image.open(plot).format == Image.open(graph_plot).format == "PNG"
+    report = json.loads((checkpoints / "report.json").read_text())["disagreement"]
+    assert [r[0] for r in dis_table["data"]] == [im["id"] for im in report["images"]]
+    assert "MLC_DATA_ROOT" in dis_status and gallery == []  # the operator has not pointed it at the data
+
+
+def test_disputed_images_come_from_the_operators_dataset_folder(checkpoints):
+    from mlc import insight
+    from mlc.serving import ModelSet
+
+    images = insight.disagreement_table(ModelSet({}, report=json.loads((checkpoints / "report.json").read_text())))[2]
+    shown, note = insight.disagreement_gallery(images, str(voc_root(checkpoints)))
+    on_disk = [im for im in images if int(im["id"]) < 12]  # the VOC tree holds the first 12 ids
+    assert [caption.split(":")[0] for _, caption in shown] == [im["id"] for im in on_disk]
+    assert all(picture.ndim == 3 and max(picture.shape[:2]) == 320 for picture, _ in shown)
+    assert note == (f" {len(images) - len(on_disk)} of the images were not found in the dataset folder."
+                    if len(on_disk) < len(images) else "")
+    hostile = [{"id": "../../etc/passwd"}, {"id": "/etc/passwd"}]
+    assert insight.disagreement_gallery(hostile, str(voc_root(checkpoints)))[0] == []
+
+
+def test_graph_effect_compares_each_graph_method_with_and_without_its_graph(client, checkpoints, photo):
+    import torch
+    from gradio_client import handle_file
+
+    from mlc.models import load_model
+    from mlc.serving import load_image, model_input
+
+    status, table = client.predict(handle_file(str(photo)), api_name="/graph_effect")
+    assert "largest effect" in status
+    headers, rows = table["headers"], table["data"]
+    assert headers == ["method", "class", "with graph", "without graph", "change"]
+    assert {r[0] for r in rows} <= {"ggnn", "ssgrl", "mlgcn", "gcam"} and rows
+    changes = [abs(r[4]) for r in rows]
+    assert changes == sorted(changes, reverse=True)
+    method, cls = rows[0][0], rows[0][1]
+    model = load_model(checkpoints / method)
+    x = model_input(load_image(photo).image, model)
+    with torch.no_grad():
+        with_graph = torch.sigmoid(model(x))[0, VOC_CLASSES.index(cls)].item()
+        with model.identity_graph():
+            without = torch.sigmoid(model(x))[0, VOC_CLASSES.index(cls)].item()
+    assert rows[0][2] == pytest.approx(with_graph, abs=2e-3) and rows[0][3] == pytest.approx(without, abs=2e-3)
+
+
 @pytest.mark.parametrize("tau", [0.2, 0.4, 1.0])
 def test_label_graph_counts_directed_edges(client, checkpoints, tau):
     config = json.loads((checkpoints / "gcam" / "config.json").read_text())
@@ -309,10 +390,12 @@ def test_label_graph_counts_directed_edges(client, checkpoints, tau):
 def test_analysis_is_computed_once_per_model_set(client):
     import time
 
-    client.predict(api_name="/per_class_ap"), client.predict(api_name="/classifier_tsne")
+    client.predict(api_name="/per_class_ap"), client.predict(api_name="/what_models_see")
+    client.predict(api_name="/classifier_tsne")
     start = time.perf_counter()
     for _ in range(2):
         client.predict(api_name="/per_class_ap")
+        client.predict(api_name="/what_models_see")
         client.predict(None, 0.4, 0.25, api_name="/label_graph")
         client.predict(api_name="/classifier_tsne")
     assert (time.perf_counter() - start) / 2 < 2.0  # the issue's target (generous: gradio_client polls)

@@ -72,7 +72,10 @@ def test_seed_section_and_report_json(tmp_path: Path) -> None:
     md = path.read_text()
     data = json.loads((group / "report.json").read_text())
 
-    assert set(data) == {"group", "dataset", "split", "num_images", "variants", "seeds", "finetune", "bootstrap"}
+    assert set(data) == {"group", "dataset", "split", "num_images", "variants", "seeds", "finetune", "bootstrap",
+                         "diagnostics", "disagreement"}
+    assert data["diagnostics"] == {}  # these eval.json files predate mlc.diagnostics
+    assert data["disagreement"]["methods"] == ["baseline", "ggnn", "mlgcn"]  # from the first seeds' scores
     assert data["finetune"] is None and "Frozen backbone" not in md  # no run had a stage 2
     assert data["variants"] == ["baseline", "ggnn", "mlgcn"] and data["num_images"] == N
     assert data["group"] == "grp" and data["split"] == "val"

@@ -65,6 +65,13 @@ def test_run_folder_contents(trained_group, variant):
     assert set(metrics["classes_without_positives"]) == set(metrics["classes"][5:])  # fixture uses 5 classes
     card = (run / "model" / "README.md").read_text()
     assert f"{100 * metrics['map']:.1f}" in card and "load_model" in card
+    diag = result["diagnostics"]  # what the selected model sees (mlc.diagnostics), on the eval split
+    assert diag["input_size"] == 64 and diag["num_images"] == 8
+    assert {"method", "random", "centre"} <= set(diag["localization"])
+    assert diag["localization"]["method"]["pairs"] == diag["flip"]["pairs"] > 0  # every positive has a box
+    assert (diag["graph"] is None) == (variant == "baseline")
+    if diag["graph"]:
+        assert diag["graph"]["map"] == pytest.approx(metrics["map"], abs=1e-6)
 
 
 def test_report_compares_every_variant(trained_group):
@@ -72,6 +79,11 @@ def test_report_compares_every_variant(trained_group):
     header = next(line for line in report.splitlines() if line.startswith("| class |"))
     assert all(v in header for v in VARIANTS)
     assert "| aeroplane |" in report and "mAP" in report
+    assert "## What the models see" in report and "| pointing game (%) |" in report
+    assert "## Where the methods disagree" in report
+    analysis = json.loads((trained_group / "report.json").read_text())
+    assert list(analysis["diagnostics"]) == VARIANTS
+    assert analysis["disagreement"]["skipped"] is None and analysis["disagreement"]["methods"] == VARIANTS
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -94,6 +106,25 @@ def test_evaluate_command_reproduces_eval_json(trained_group, voc_root, tmp_path
     expected = json.loads((run / "eval.json").read_text())["metrics"]
     got = json.loads(out.read_text())["metrics"]
     assert got["map"] == pytest.approx(expected["map"], abs=1e-9)
+    saved = json.loads((run / "eval.json").read_text())["diagnostics"]
+    assert json.loads(out.read_text())["diagnostics"]["localization"] == saved["localization"]
+
+
+def test_evaluate_merges_into_a_runs_eval_json(trained_group, voc_root, tmp_path, capsys):
+    run = trained_group / "ggnn"
+    target = tmp_path / "eval.json"
+    previous = json.loads((run / "eval.json").read_text())
+    target.write_text(json.dumps({k: v for k, v in previous.items() if k != "diagnostics"}))
+    args = ["evaluate", "--model", str(run / "model"), "--data-root", str(voc_root), "--num-workers", "0",
+            "--output", str(target), "--merge"]
+    assert main(args + ["--split", "val"]) == 0
+    merged = json.loads(target.read_text())
+    assert merged["selected_epoch"] == previous["selected_epoch"] and merged["seed"] == previous["seed"]
+    assert merged["diagnostics"]["graph"]["map_identity"] == pytest.approx(previous["diagnostics"]["graph"]["map_identity"])
+    assert "mAP without the graph" in capsys.readouterr().out
+    assert main(args + ["--split", "train"]) == 2  # another split's evaluation is not merged into it
+    assert "not merged" in capsys.readouterr().err
+    assert json.loads(target.read_text()) == merged
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:

@@ -167,6 +167,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     import torch
 
     from mlc.data import build_dataset, build_transforms
+    from mlc.diagnostics import diagnose
     from mlc.metrics import evaluate
     from mlc.models import load_model
     from train.distributed import pick_device
@@ -180,6 +181,11 @@ def cmd_evaluate(argv: list[str]) -> int:
     parser.add_argument("--num-workers", type=int, default=4)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", help="write the metrics JSON here")
+    parser.add_argument("--merge", action="store_true",
+                        help="update the JSON already at --output (e.g. a run's eval.json) instead of replacing it")
+    parser.add_argument("--no-diagnostics", dest="diagnostics", action="store_false",
+                        help="skip map localisation, flip consistency and the graph ablation (mlc.diagnostics)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random-map baseline")
     args = parser.parse_args(argv)
     if args.batch_size <= 0 or args.num_workers < 0:
         print("error: --batch-size must be positive and --num-workers 0 or more", file=sys.stderr)
@@ -202,9 +208,42 @@ def cmd_evaluate(argv: list[str]) -> int:
               "num_images": len(dataset), "metrics": report.to_dict()}
     print(f"{model.model_name} on {args.dataset}/{args.split}: mAP {100 * report.map:.2f} (VOC {100 * report.map_voc:.2f}) "
           f"CF1 {100 * report.cf1:.2f} OF1 {100 * report.of1:.2f}")
+    if args.diagnostics:
+        result["diagnostics"] = diagnose(model, dataset.with_transform(None), device, args.batch_size,
+                                         args.num_workers, seed=args.seed)
+        print(diagnostics_line(result["diagnostics"]))
     if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=1))
+        output = Path(args.output)
+        if args.merge and output.is_file():
+            try:
+                previous = json.loads(output.read_text())
+            except ValueError as err:
+                raise ValueError(f"{output}: cannot merge into it, not valid JSON ({err})") from None
+            if (previous.get("num_images"), previous.get("split")) not in ((None, None), (result["num_images"], args.split)):
+                raise ValueError(f"{output} holds an evaluation of {previous.get('num_images')} images of split "
+                                 f"{previous.get('split')!r}, this one {result['num_images']} of {args.split!r}: not merged")
+            result = {**previous, "metrics": result["metrics"],
+                      **({"diagnostics": result["diagnostics"]} if "diagnostics" in result else {})}
+        output.write_text(json.dumps(result, indent=1))
     return 0
+
+
+def diagnostics_line(d: dict) -> str:
+    """One line of ``mlc.diagnostics.diagnose``'s result for the terminal."""
+    loc, flip, graph = d.get("localization") or {}, d["flip"], d.get("graph")
+    parts = [f"{d['map']} maps:"]
+    if "method" in loc:
+        parts.append(f"pointing game {_pct(loc['method']['pointing'])} (random {_pct(loc['random']['pointing'])}, "
+                     f"centre {_pct(loc['centre']['pointing'])}), box energy {_pct(loc['method']['energy'])}")
+    parts.append(f"flip cosine {flip['cosine']:.3f}, L_A {flip['la']:.3g}" if flip["cosine"] is not None
+                 else f"flip L_A {flip['la']:.3g}")
+    if graph:
+        parts.append(f"mAP without the graph {_pct(graph['map_identity'])} ({100 * graph['difference']:+.2f} pp from it)")
+    return " ".join(parts[:1]) + " " + "; ".join(parts[1:])
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
 def cmd_report(argv: list[str]) -> int:

@@ -66,6 +66,7 @@ class TrainConfig:
     cache_features: bool = True  # stage 1: compute frozen-backbone features once, when that is exact (no augmentation)
     cache_dir: str | None = None  # default <output_dir>/<group>/feature_cache
     check_images: bool = True  # decode every image once before training (a broken file fails at the start)
+    diagnostics: bool = True  # eval.json "diagnostics": map localisation (datasets with boxes), flip consistency, graph ablation
     # speed
     device: str = "auto"
     num_workers: int = 4

@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from mlc.data import build_transforms
+from mlc.diagnostics import diagnose
 from mlc.embeddings import label_embeddings
 from mlc.metrics import evaluate
 from mlc.models import MultiLabelModel, create_model, load_model
@@ -605,6 +606,9 @@ class Trainer:
         if self.env.is_main:
             from mlc.hub import model_card
 
+            if cfg.diagnostics:  # what the selected model's maps and graph do (mlc.diagnostics)
+                result["diagnostics"] = diagnose(best.to(self.device), self.splits.evaluation, self.device,
+                                                 cfg.eval_batch_size, cfg.num_workers, seed=cfg.seed)
             np.savez_compressed(self.run_dir / "eval_scores.npz", scores=scores.astype(np.float32),
                                 targets=targets.astype(np.int8), ids=np.array(self.splits.evaluation.ids))
             text = json.dumps(result, indent=1)

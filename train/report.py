@@ -35,6 +35,10 @@ percentage points); nan is written as null. Keys:
   "runs_without_scores" (run folders of either model left out because they lack
   eval_scores.npz)}``; ``difference`` = variant - reference mAP on the full evaluation split and
   [``low``, ``high``] its paired bootstrap interval (see ``mlc.metrics.paired_bootstrap``).
+- ``diagnostics``: ``{variant: the "diagnostics" entry of its first seed's eval.json}`` (map
+  localisation, flip consistency, graph ablation; see ``mlc.diagnostics``), for the variants that have one.
+- ``disagreement``: ``mlc.diagnostics.disagreement`` over the first seed of every variant, plus
+  ``"skipped": null`` and ``"left_out"`` (variants without eval_scores.npz); or ``{"skipped": reason}``.
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from mlc.diagnostics import disagreement
 from mlc.metrics import bootstrap_versus_reference, seed_summary
 from train.config import VARIANTS
 
@@ -273,7 +278,30 @@ def seeds_analysis(group_dir: Path, num_samples: int = 1000, seed: int = 0, conf
         "seeds": seed_statistics(runs, group_dir),
         "finetune": finetune_statistics(runs),
         "bootstrap": bootstrap_comparisons(runs, group_dir, REFERENCE, num_samples, seed, confidence),
+        "diagnostics": {v: items[0].result["diagnostics"] for v, items in runs.items()
+                        if isinstance(items[0].result.get("diagnostics"), dict)},
+        "disagreement": group_disagreement(runs),
     }
+
+
+def group_disagreement(runs: dict[str, list[SeedRun]], top: int = 12) -> dict[str, Any]:
+    """``mlc.diagnostics.disagreement`` over the first seed of every variant (``eval_scores.npz``)."""
+    loaded, missing = {}, []
+    for variant, items in runs.items():
+        data, why = _load_scores(items[0].run_dir)
+        if data is None:
+            missing.append(f"{variant} ({why})")
+        else:
+            loaded[variant] = data
+    if len(loaded) < 2:
+        return {"skipped": "fewer than two variants with eval_scores.npz" + (f": {', '.join(missing)}" if missing else "")}
+    first = next(iter(loaded.values()))
+    if any(not np.array_equal(d["ids"], first["ids"]) for d in loaded.values()):
+        return {"skipped": "the variants' eval_scores.npz hold different images"}
+    classes = next(iter(runs.values()))[0].result["metrics"]["classes"]
+    result = disagreement({v: d["scores"] for v, d in loaded.items()}, [str(i) for i in first["ids"]], classes,
+                          first["targets"], top=top)
+    return {"skipped": None, "left_out": missing, **result}
 
 
 def _pct(x) -> str:
@@ -359,6 +387,85 @@ def seeds_section(analysis: dict[str, Any]) -> list[str]:
     return lines
 
 
+def seeing_section(analysis: dict[str, Any], classes: list[str]) -> list[str]:
+    """Markdown lines of "What the models see" (eval.json "diagnostics" of each variant's first seed,
+    and where the methods disagree)."""
+    diag = analysis.get("diagnostics") or {}
+    lines: list[str] = []
+    if diag:
+        names = list(diag)
+        loc = {n: d.get("localization") or {} for n, d in diag.items()}
+        with_boxes = [n for n in names if "method" in loc[n]]
+        ref = loc[with_boxes[0]] if with_boxes else {}
+        first = diag[names[0]]
+        lines += ["## What the models see", "",
+                  f"First seed of each variant, on the {first.get('num_images', '?')} evaluation images. Each method's own "
+                  "map (CAM, Grad-CAM or attention), brought onto the image as the app draws it. **Pointing game**: "
+                  "share of positive (image, class) pairs whose map maximum lies within "
+                  f"{100 * ref.get('tolerance', 0):.0f}% of the image's longer side of a box of the class (mean over "
+                  "classes, Zhang et al. 2016); **box energy**: share of the map's positive part inside the class's "
+                  "boxes. A random map and a centre map (Gaussian at the image centre) give the scale. **Flip cosine**: "
+                  "map of the image against the flipped-back map of its mirror image (positive pairs; 1 = mirrors "
+                  "perfectly); **L_A**: G-CAM's flip term at "
+                  f"{first.get('input_size', '?')} px, in each map's own units (compare CAM methods with each other). "
+                  "**No graph**: the same trained model with its label graph replaced by the identity (GCN) or "
+                  "by no edges (GGNN), without retraining.", "",
+                  "| | " + " | ".join(names) + " | random map | centre map |", "|---" * (len(names) + 3) + "|"]
+
+        def row(label: str, cell, extra: tuple[str, str] = ("", "")) -> str:
+            return f"| {label} | " + " | ".join(cell(n) for n in names) + f" | {extra[0]} | {extra[1]} |"
+
+        lines.append(row("map", lambda n: diag[n].get("map", "")))
+        if with_boxes:
+            for label, key in (("pointing game (%)", "pointing"), ("box energy (%)", "energy")):
+                lines.append(row(label, lambda n, k=key: _pct((loc[n].get("method") or {}).get(k)),
+                                 (_pct(ref["random"].get(key)), _pct(ref["centre"].get(key)))))
+            lines.append(row("positive pairs with boxes", lambda n: str((loc[n].get("method") or {}).get("pairs", ""))))
+        lines.append(row("flip cosine", lambda n: _num(diag[n]["flip"].get("cosine"), ".3f")))
+        lines.append(row("L_A (flip)", lambda n: _num(diag[n]["flip"].get("la"), ".3g")))
+        lines.append(row("mAP (%)", lambda n: _pct((diag[n].get("graph") or {}).get("map")) if diag[n].get("graph") else "–"))
+        lines.append(row("mAP, no graph (%)", lambda n: _pct(diag[n]["graph"]["map_identity"]) if diag[n].get("graph") else "–"))
+        lines.append(row("graph's share (pp)", lambda n: _pp(diag[n]["graph"]["difference"]) if diag[n].get("graph") else "–"))
+        if with_boxes:
+            lines += ["", "### Pointing game per class (%)", "",
+                      "| class | " + " | ".join(with_boxes) + " | random map | centre map |",
+                      "|---" * (len(with_boxes) + 3) + "|"]
+            for c, cls in enumerate(classes):
+                cells = [_pct(loc[n]["method"]["per_class"]["pointing"][c]) for n in with_boxes]
+                cells += [_pct(ref[s]["per_class"]["pointing"][c]) for s in ("random", "centre")]
+                lines.append(f"| {cls} | " + " | ".join(cells) + " |")
+        graphs = [n for n in names if diag[n].get("graph")]
+        if graphs:
+            lines += ["", "### AP change from the label graph per class (pp: AP with the graph − AP without)", "",
+                      "| class | " + " | ".join(graphs) + " |", "|---" * (len(graphs) + 1) + "|"]
+            for c, cls in enumerate(classes):
+                cells = []
+                for n in graphs:
+                    pc = diag[n]["graph"]["per_class"]
+                    a, b = pc["ap"][c], pc["ap_identity"][c]
+                    cells.append("n/a" if a is None or b is None else _pp(a - b))
+                lines.append(f"| {cls} | " + " | ".join(cells) + " |")
+    dis = analysis.get("disagreement") or {}
+    if dis.get("images"):
+        methods = dis["methods"]
+        lines += (["", "## Where the methods disagree", ""] if lines else ["## Where the methods disagree", ""])
+        lines += [f"Predicted label sets at p ≥ {dis['threshold']}: every method predicts the same set on "
+                  f"{_pct(dis['agree_all'])}% of the {dis['num_images']} images. Mean Jaccard similarity of two methods' sets:", "",
+                  "| | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+        for a in methods:
+            lines.append(f"| {a} | " + " | ".join(f"{dis['pairwise_jaccard'][a][b]:.2f}" for b in methods) + " |")
+        lines += ["", "The most disputed images (labels on which the methods split):", "",
+                  "| image | true labels | " + " | ".join(methods) + " |", "|---" * (len(methods) + 2) + "|"]
+        for im in dis["images"]:
+            cells = [", ".join(im["predicted"][m]) or "–" for m in methods]
+            lines.append(f"| {im['id']} ({im['split_labels']}) | {', '.join(im['true'] or []) or '–'} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _num(x, fmt: str) -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
 def comparison_report(results: dict[str, dict], title: str = "Run group", analysis: dict[str, Any] | None = None) -> str:
     """The markdown report; ``analysis`` (from ``seeds_analysis``) adds the "Seeds" section."""
     if not results:
@@ -386,6 +493,9 @@ def comparison_report(results: dict[str, dict], title: str = "Run group", analys
         if section:
             lines += [""] + section
         section = finetune_section(analysis.get("finetune"))
+        if section:
+            lines += [""] + section
+        section = seeing_section(analysis, classes)
         if section:
             lines += [""] + section
     lines += ["", "## Per-class AP", "", "| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["DatasetError", "MultiLabelDataset", "to_rgb"]
+__all__ = ["BoxAnnotation", "DatasetError", "MultiLabelDataset", "ObjectBox", "to_rgb"]
 
 
 class DatasetError(ValueError):
@@ -58,6 +59,29 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background.paste(image, mask=image.getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+@dataclass(frozen=True)
+class ObjectBox:
+    """One annotated object: its class index and box in pixels, ``[x0, x1) x [y0, y1)`` from the top left."""
+
+    class_index: int
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+@dataclass(frozen=True)
+class BoxAnnotation:
+    """The objects of one image, in the coordinates of an image of ``size`` = (height, width) px
+    (None: the annotation does not say; the image's own size is meant)."""
+
+    boxes: tuple[ObjectBox, ...]
+    size: tuple[int, int] | None = None
+
+    def of_class(self, class_index: int) -> list[ObjectBox]:
+        return [b for b in self.boxes if b.class_index == class_index]
 
 
 class MultiLabelDataset(Dataset):
@@ -119,6 +143,12 @@ class MultiLabelDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, torch.from_numpy(self.labels[i].astype(np.float32))
+
+    has_boxes: bool = False  # readers with object boxes (VOC, COCO) set this and implement `boxes`
+
+    def boxes(self, i: int) -> BoxAnnotation:
+        """The object boxes of image `i`, for scoring where the models look (`mlc.localization`)."""
+        raise DatasetError(f"{type(self).__name__} has no object boxes (VOC and COCO annotations do)")
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> MultiLabelDataset:
         """Rows `indices` (ints or a boolean mask), same classes and transform."""

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import DatasetError, MultiLabelDataset
+from .base import BoxAnnotation, DatasetError, MultiLabelDataset, ObjectBox
 
 __all__ = ["COCODataset"]
 
@@ -52,6 +52,9 @@ class COCODataset(MultiLabelDataset):
             categories = sorted(((int(c["id"]), str(c["name"])) for c in data["categories"]), key=lambda c: c[0])
             images = [(int(im["id"]), str(im["file_name"])) for im in data["images"]]
             annotations = [(int(a["image_id"]), int(a["category_id"])) for a in data.get("annotations", [])]
+            bboxes = [[float(v) for v in a["bbox"]] if isinstance(a.get("bbox"), list) and len(a["bbox"]) == 4 else None
+                      for a in data.get("annotations", [])]
+            sizes = {int(im["id"]): (int(im.get("height") or 0), int(im.get("width") or 0)) for im in data["images"]}
         except (KeyError, TypeError, ValueError) as exc:
             raise DatasetError(f"{where}: malformed COCO entry ({type(exc).__name__}: {exc})") from exc
         if not categories:
@@ -64,6 +67,11 @@ class COCODataset(MultiLabelDataset):
             raise DatasetError(f"{where}: duplicate image ids")
 
         labels = np.zeros((len(images), len(categories)), dtype=np.int8)
+        boxes: dict[str, list[ObjectBox]] = {}
+        for (image_id, category_id), bbox in zip(annotations, bboxes):
+            if bbox is not None and category_id in cat_index:  # COCO: [x, y, width, height]
+                x, y, w, h = bbox
+                boxes.setdefault(str(image_id), []).append(ObjectBox(cat_index[category_id], x, y, x + w, y + h))
         for image_id, category_id in annotations:
             if category_id not in cat_index:
                 raise DatasetError(f"{where}: annotation refers to unknown category id {category_id}")
@@ -83,6 +91,8 @@ class COCODataset(MultiLabelDataset):
         if missing:
             raise DatasetError(f"{missing[0]}: image file not found ({len(missing)} of {len(paths)} missing)")
         self.category_ids: list[int] = [cid for cid, _ in categories]
+        self._boxes = boxes
+        self._sizes = {str(iid): size for iid, size in sizes.items() if min(size) > 0}
         super().__init__(
             [name for _, name in categories],
             paths,
@@ -90,3 +100,9 @@ class COCODataset(MultiLabelDataset):
             transform=transform,
             ids=[str(iid) for iid, _ in kept],
         )
+
+    has_boxes = True
+
+    def boxes(self, i: int) -> BoxAnnotation:
+        key = self.ids[i]
+        return BoxAnnotation(tuple(self._boxes.get(key, ())), self._sizes.get(key))

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import DatasetError, MultiLabelDataset
+from .base import BoxAnnotation, DatasetError, MultiLabelDataset, ObjectBox
 
 __all__ = ["VOC_CLASSES", "VOCDataset", "resolve_voc_root"]
 
@@ -41,6 +41,32 @@ def read_split(path: Path) -> list[str]:
     if not ids:
         raise DatasetError(f"{path}: split file is empty")
     return ids
+
+
+def parse_boxes(path: Path, class_index: dict[str, int]) -> BoxAnnotation:
+    """Every object's box (difficult ones too). VOC's 1-based inclusive pixel corners become
+    ``[xmin - 1, xmax)``, so a box covering the whole image is [0, width)."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as exc:
+        raise DatasetError(f"{path}: cannot read annotation ({exc})") from exc
+    boxes = []
+    for obj in root.iter("object"):
+        name, box = (obj.findtext("name") or "").strip(), obj.find("bndbox")
+        if name not in class_index or box is None:
+            continue
+        try:
+            xmin, ymin, xmax, ymax = (float(box.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax"))
+        except ValueError as exc:
+            raise DatasetError(f"{path}: bad <bndbox> for {name!r} ({exc})") from exc
+        boxes.append(ObjectBox(class_index[name], xmin - 1, ymin - 1, xmax, ymax))
+    size = None
+    try:
+        width, height = int(root.findtext("size/width") or 0), int(root.findtext("size/height") or 0)
+        size = (height, width) if width > 0 and height > 0 else None
+    except ValueError:
+        pass
+    return BoxAnnotation(tuple(boxes), size)
 
 
 def parse_annotation(path: Path, class_index: dict[str, int]) -> np.ndarray:
@@ -99,3 +125,8 @@ class VOCDataset(MultiLabelDataset):
         if missing:
             raise DatasetError(f"{missing[0]}: image file not found ({len(missing)} of {len(paths)} missing)")
         super().__init__(VOC_CLASSES, paths, labels, transform=transform, ids=ids)
+
+    has_boxes = True
+
+    def boxes(self, i: int) -> BoxAnnotation:
+        return parse_boxes(self.root / "Annotations" / f"{self.ids[i]}.xml", {n: k for k, n in enumerate(self.classes)})

@@ -7,6 +7,8 @@ statistics of the training split, label graph, label embeddings, hyper-parameter
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -61,6 +63,7 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
     needs_embeddings: ClassVar[bool] = False  # built from label word embeddings (GloVe)
     uses_knowledge_graph: ClassVar[bool] = False  # takes an external knowledge graph (Visual Genome)
     defaults: ClassVar[dict[str, Any]] = {}
+    no_graph_description: ClassVar[str] = ""  # what ``identity_graph`` puts in place of the label graph
 
     def __init__(
         self,
@@ -141,6 +144,30 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
 
     def forward_head(self, features: torch.Tensor, explain: bool = False) -> ModelOutput:
         raise NotImplementedError
+
+    def graph_edges(self) -> list[tuple[nn.Module, str, torch.Tensor]]:
+        """(module, buffer name, replacement) for each adjacency the head's message passing reads,
+        the replacement being the graph with no edges between labels; empty without a label graph."""
+        return []
+
+    @property
+    def has_label_graph(self) -> bool:
+        return bool(self.graph_edges())
+
+    @contextmanager
+    def identity_graph(self) -> Iterator["MultiLabelModel"]:
+        """The same trained model with its label graph replaced by no graph (the identity for a
+        GCN, no edges for a GGNN), without retraining: what the graph itself contributes.
+        A variant without a label graph is left as it is."""
+        swaps = self.graph_edges()
+        saved = [(module, name, getattr(module, name)) for module, name, _ in swaps]
+        try:
+            for module, name, value in swaps:
+                setattr(module, name, value.to(getattr(module, name)))
+            yield self
+        finally:
+            for module, name, value in saved:
+                setattr(module, name, value)
 
     def classifier(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W (C, N), b (C,)) of a head whose logits are linear in pooled features."""

@@ -66,6 +66,13 @@ class GGNNClassifier(MultiLabelModel):
         kg = label_graph.reweight_knowledge_graph(kg, tau=self.params["graph_tau"], p=self.params["graph_p"])
         return {"nodes": list(kg.nodes), "a_in": kg.a_in, "a_out": kg.a_out, "source": source}
 
+    no_graph_description = "no edges (A_in = A_out = 0): each node updated from itself"
+
+    def graph_edges(self):
+        """No edges: every node state is updated from itself only."""
+        no_edges = torch.zeros_like(self.ggnn.a_in)
+        return [(self.ggnn, "a_in", no_edges), (self.ggnn, "a_out", no_edges)]
+
     def forward_head(self, features: torch.Tensor, explain: bool = False) -> ModelOutput:
         h0 = self.to_nodes(self.dropout(self.pool(features)))  # (B, V)
         h = h0.unsqueeze(-1).expand(-1, -1, self.params["state_dim"]).contiguous()

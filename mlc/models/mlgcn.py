@@ -60,6 +60,12 @@ class MLGCN(MultiLabelModel):
         )
         return {"adjacency": adjacency}
 
+    no_graph_description = "A = I: each label's classifier from its own word embedding"
+
+    def graph_edges(self):
+        """A = I: each label's classifier from its own embedding alone."""
+        return [(self, "adjacency", torch.eye(self.num_classes))]
+
     def classifier(self) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.act(self.gc1(self.label_embeddings, self.adjacency))
         return self.gc2(h, self.adjacency), self.bias  # no activation after the last layer

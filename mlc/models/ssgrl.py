@@ -70,6 +70,13 @@ class SSGRL(MultiLabelModel):
         a_in, a_out = label_graph.ssgrl_adjacency(stats.counts, stats.cooccurrence)
         return {"a_in": a_in, "a_out": a_out}
 
+    no_graph_description = "no edges (A_in = A_out = 0): each label's state updated from its own feature"
+
+    def graph_edges(self):
+        """No edges: semantic interaction updates each label's state from its own feature only."""
+        no_edges = torch.zeros_like(self.semantic_interaction.a_in)
+        return [(self.semantic_interaction, "a_in", no_edges), (self.semantic_interaction, "a_out", no_edges)]
+
     def forward_head(self, features: torch.Tensor, explain: bool = False) -> ModelOutput:
         decoupled, attention = self.semantic_decoupling(features, self.label_embeddings)  # (B, C, N)
         decoupled = self.dropout(decoupled)

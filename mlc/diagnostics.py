@@ -1,0 +1,206 @@
+"""What each method sees: localisation of its maps, their flip consistency, and its label graph's share.
+
+``diagnose(model, dataset)`` runs one trained model over an evaluation split and returns the
+``diagnostics`` entry of ``eval.json`` (fractions in [0, 1]; null where undefined):
+
+- ``map`` (the map kind: CAM, Grad-CAM or attention, as ``mlc.explain.explanation_maps`` picks it),
+  ``input_size`` (px, square) and ``map_size`` ([h, w] cells).
+- ``localization``: for every positive (image, class) pair with a box of the class, the pointing
+  game and box energy (``mlc.localization``) of the method's map and, beside it, of a ``random`` and
+  a ``centre`` map: ``{"tolerance", "method" | "random" | "centre": LocalizationTally.summary()}``;
+  ``{"skipped": reason}`` when the dataset has no boxes.
+- ``flip``: the map of the image against the map of its mirror image flipped back
+  (``mlc.explain.flip_consistency``), at ``input_size``: ``cosine`` (mean over positive pairs whose
+  two maps are not both empty; 1 = the map mirrors perfectly), ``la`` (G-CAM's flip term L_A: the
+  squared difference averaged over positions, classes and images, in the map's own units: logits per
+  cell for CAM, attention weights summing to 1 for attention), ``la_positive`` (the same over positive
+  pairs only), ``pairs``, ``empty_pairs`` and ``per_class`` lists of ``cosine`` and ``la``.
+- ``graph``: null for a variant without a label graph, else the model evaluated again with its
+  graph replaced by no graph (``MultiLabelModel.identity_graph``, no retraining):
+  ``{"map", "map_identity", "difference" (map - map_identity), "per_class": {"ap", "ap_identity"},
+  "no_graph": what replaced the graph}``.
+
+``disagreement(scores)`` ranks the images of one split by how much several methods' predicted label
+sets differ (the group report stores the top of it for the app's gallery).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mlc.data.base import MultiLabelDataset
+from mlc.explain import flip_consistency
+from mlc.localization import POINTING_TOLERANCE, LocalizationTally, centre_map, random_map, score_map
+from mlc.metrics import evaluate
+
+MAP_UNITS = {"CAM": "logit per cell", "Grad-CAM": "gradient-weighted activation", "attention": "weight (sums to 1)"}
+
+
+def _image_size(dataset: MultiLabelDataset, i: int) -> tuple[int, int]:
+    """(height, width) of image i, from its header (no decode)."""
+    with Image.open(dataset.image_paths[i]) as image:
+        width, height = image.size
+    return height, width
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+@torch.no_grad()
+def diagnose(
+    model,
+    dataset: MultiLabelDataset,
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+    num_workers: int = 0,
+    tolerance: float = POINTING_TOLERANCE,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The ``diagnostics`` entry of eval.json for ``model`` on ``dataset`` (see the module docstring).
+
+    ``dataset`` is given without transform; the model's own test transform is applied here.
+    """
+    from mlc.data import build_transforms
+
+    if list(dataset.classes) != list(model.classes):
+        raise ValueError(f"the dataset's classes {list(dataset.classes)[:5]}... differ from the model's {model.classes[:5]}...")
+    device = torch.device(device)
+    model = model.to(device).eval()
+    norm = model.normalization
+    transform = build_transforms(model.image_size, train=False, mean=norm.mean, std=norm.std)
+    loader = torch.utils.data.DataLoader(dataset.with_transform(transform), batch_size=batch_size,
+                                         num_workers=num_workers)
+    targets = dataset.labels
+    boxes = dataset.has_boxes
+    rng = np.random.default_rng(seed)
+    tally = LocalizationTally(model.num_classes)
+    logits_all, identity_all, squared, cosine = [], [], [], []
+    kind, map_size, pairs_without_boxes, centre = "", None, 0, None
+    start = 0
+    for images, _ in loader:
+        images = images.to(device)
+        features = model.forward_features(images)
+        mirrored = model.forward_features(images.flip(-1))
+        consistency = flip_consistency(model, features=features, flipped_features=mirrored)
+        maps, kind = consistency.maps, consistency.kind  # the image's own maps
+        logits_all.append(model.forward_head(features).logits.float().cpu())
+        if model.has_label_graph:
+            with model.identity_graph():
+                identity_all.append(model.forward_head(features).logits.float().cpu())
+        squared.append(consistency.squared_error.float().cpu())
+        both_empty = (consistency.maps.flatten(2).abs().amax(-1) <= 1e-12) | (
+            consistency.flipped_back.flatten(2).abs().amax(-1) <= 1e-12)
+        cos = consistency.score.float().cpu()
+        cos[both_empty.cpu()] = float("nan")
+        cosine.append(cos)
+        maps = maps.float().cpu().numpy()
+        map_size = list(maps.shape[-2:])
+        if centre is None:
+            centre = centre_map(maps.shape[-2:])
+        for b in range(maps.shape[0]):
+            i = start + b
+            positives = np.flatnonzero(targets[i] == 1)
+            if not boxes or not len(positives):
+                continue
+            annotation, size = dataset.boxes(i), _image_size(dataset, i)
+            for c in positives:
+                if not annotation.of_class(int(c)):
+                    pairs_without_boxes += 1
+                    continue
+                for source, cam in (("method", maps[b, c]), ("random", random_map(maps.shape[-2:], rng)),
+                                    ("centre", centre)):
+                    tally.add(source, int(c), *score_map(cam, annotation, int(c), size, tolerance))
+        start += images.shape[0]
+
+    positive = targets == 1
+    squared_error, cos = torch.cat(squared).numpy(), torch.cat(cosine).numpy()
+    pos_cos = np.where(positive, cos, np.nan)
+    per_class_cos = [_nanmean(pos_cos[:, c]) for c in range(model.num_classes)]
+    flip = {
+        "cosine": _nanmean(pos_cos.ravel()),
+        "la": float(squared_error.mean()),
+        "la_positive": _nanmean(np.where(positive, squared_error, np.nan).ravel()),
+        "pairs": int(positive.sum()),
+        "empty_pairs": int((positive & np.isnan(cos)).sum()),
+        "units": MAP_UNITS.get(kind, kind),
+        "per_class": {"cosine": per_class_cos, "la": [float(x) for x in squared_error.mean(axis=0)]},
+    }
+    if boxes:
+        localization = {"tolerance": tolerance, "pairs_without_boxes": pairs_without_boxes,
+                        **{source: tally.summary(source) for source in ("method", "random", "centre")}}
+    else:
+        localization = {"skipped": f"{type(dataset).__name__} has no object boxes"}
+    scores = torch.cat(logits_all).sigmoid().numpy()
+    graph = None
+    if identity_all:
+        real = evaluate(scores, targets, classes=model.classes)
+        ablated = evaluate(torch.cat(identity_all).sigmoid().numpy(), targets, classes=model.classes)
+        graph = {"map": real.map, "map_identity": ablated.map, "difference": real.map - ablated.map,
+                 "no_graph": model.no_graph_description,
+                 "per_class": {"ap": real.ap, "ap_identity": ablated.ap}}
+    return _clean({"map": kind, "input_size": model.image_size, "map_size": map_size, "num_images": len(dataset),
+                   "localization": localization, "flip": flip, "graph": graph})
+
+
+def _nanmean(values: np.ndarray) -> float:
+    ok = ~np.isnan(values)
+    return float(values[ok].mean()) if ok.any() else math.nan
+
+
+def disagreement(scores: Mapping[str, np.ndarray], ids: Sequence[str], classes: Sequence[str],
+                 targets: np.ndarray | None = None, threshold: float = 0.5, top: int = 12) -> dict[str, Any]:
+    """Where the methods' predicted label sets (score >= ``threshold``) differ most on one split.
+
+    An image's ``split_labels`` counts the classes some methods predict and others do not; ties
+    are broken by the mean pairwise Jaccard distance between the methods' sets. Returns
+    ``{"threshold", "methods", "num_images", "agree_all" (share of images where every method
+    predicts the same set), "pairwise_jaccard" ({a: {b: mean Jaccard similarity of the two sets,
+    1 when both empty}}), "images": [{"id", "split_labels", "jaccard_distance", "true": [labels],
+    "predicted": {method: [labels]}, "scores": {method: {label: p}} for the labels any method
+    predicts or the image has}] (the ``top`` most disputed, most disputed first)}``.
+    """
+    methods = list(scores)
+    if len(methods) < 2:
+        raise ValueError("disagreement needs the scores of at least two methods")
+    stacked = np.stack([np.asarray(scores[m], dtype=np.float64) for m in methods])  # (M, N, C)
+    if stacked.shape[1] != len(ids) or stacked.shape[2] != len(classes):
+        raise ValueError(f"scores of shape {stacked.shape[1:]} do not match {len(ids)} ids and {len(classes)} classes")
+    predicted = stacked >= threshold
+    votes = predicted.sum(axis=0)  # (N, C)
+    split = ((votes > 0) & (votes < len(methods))).sum(axis=1)
+
+    def jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        union = (a | b).sum(-1)
+        return np.where(union > 0, (a & b).sum(-1) / np.maximum(union, 1), 1.0)
+
+    pairs = [(a, b) for a in range(len(methods)) for b in range(a + 1, len(methods))]
+    distance = np.mean([1 - jaccard(predicted[a], predicted[b]) for a, b in pairs], axis=0)
+    order = np.lexsort((-distance, -split))[:top]
+    images = []
+    for i in order:
+        shown = set(np.flatnonzero(votes[i] > 0))
+        truth = [] if targets is None else [classes[c] for c in np.flatnonzero(targets[i] == 1)]
+        if targets is not None:
+            shown |= set(np.flatnonzero(targets[i] == 1))
+        images.append({
+            "id": str(ids[i]), "split_labels": int(split[i]), "jaccard_distance": float(distance[i]),
+            "true": truth if targets is not None else None,
+            "predicted": {m: [classes[c] for c in np.flatnonzero(predicted[k, i])] for k, m in enumerate(methods)},
+            "scores": {m: {classes[c]: float(stacked[k, i, c]) for c in sorted(shown)} for k, m in enumerate(methods)},
+        })
+    pairwise = {a: {b: float(jaccard(predicted[i], predicted[j]).mean()) for j, b in enumerate(methods)}
+                for i, a in enumerate(methods)}
+    return {"threshold": threshold, "methods": methods, "num_images": len(ids),
+            "agree_all": float((split == 0).mean()), "pairwise_jaccard": pairwise, "images": images}

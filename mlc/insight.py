@@ -1,0 +1,213 @@
+"""The app's "What the models see": tables and figures of what the runs measured, and the graph's
+effect on one photo.
+
+Everything over the evaluation split is read from the shipped files, never recomputed: each
+model's ``eval.json`` "diagnostics" (``mlc.diagnostics``: map localisation, flip consistency, the
+identity-graph ablation) and the group's ``report.json`` "disagreement". Only ``graph_effect`` runs
+the models, on the visitor's photo.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from mlc.serving import METHOD_COLORS, ModelSet, RequestError, display_array, md
+
+SEEING_READING = (
+    "Measured once on the evaluation split (nothing here is recomputed). **Pointing game**: how often the "
+    "maximum of a method's map for a present class lies on an object of that class (its box, within 3% of the "
+    "image's side); **box energy**: how much of the map lies inside those boxes. A **random map** and a "
+    "**centre map** (always looking at the middle) show what chance and the photographer's framing give. "
+    "**Flip cosine**: whether the map of the mirrored photo mirrors the map of the photo (1 = exactly). "
+    "**L_A**: G-CAM's flip loss, the mean squared difference of those two maps in the map's own units, so "
+    "compare it between the CAM methods only. **No graph**: the same trained model with its label graph "
+    "removed (GCN: identity; GGNN: no edges), not retrained: the difference is what the graph contributes."
+)
+DATA_ROOT_ENV = "MLC_DATA_ROOT"  # the operator's dataset folder: shows the disputed images themselves
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _diagnostics(model_set: ModelSet) -> dict[str, dict]:
+    return {name: m.evaluation["diagnostics"] for name, m in model_set.methods.items()
+            if m.evaluation is not None and isinstance(m.evaluation.get("diagnostics"), dict)}
+
+
+def _pct(x: Any) -> float:
+    return np.nan if x is None else round(100 * float(x), 1)
+
+
+def seeing_table(model_set: ModelSet) -> tuple[str, pd.DataFrame | None]:
+    """One row per method (and the random / centre maps): pointing game, box energy, flip
+    cosine, L_A, mAP with and without the label graph."""
+    diag = _diagnostics(model_set)
+    if not diag:
+        return ("These models' eval.json files carry no diagnostics (run `python -m train evaluate --merge`, "
+                "or train them again), so there is nothing to show here."), None
+    rows, reference = [], None
+    for name, d in diag.items():
+        loc = d.get("localization") or {}
+        method = loc.get("method") or {}
+        reference = reference or (loc if "random" in loc else None)
+        graph = d.get("graph") or {}
+        rows.append({
+            "method": name, "map": d.get("map"), "pointing game (%)": _pct(method.get("pointing")),
+            "box energy (%)": _pct(method.get("energy")),
+            "flip cosine": np.nan if d["flip"].get("cosine") is None else round(d["flip"]["cosine"], 3),
+            "L_A (flip)": np.nan if d["flip"].get("la") is None else float(f"{d['flip']['la']:.3g}"),
+            "mAP (%)": _pct(graph.get("map")) if graph else np.nan,
+            "mAP, no graph (%)": _pct(graph.get("map_identity")) if graph else np.nan,
+            "graph's share (pp)": round(100 * graph["difference"], 2) if graph else np.nan,
+        })
+    if reference:
+        for source, label in (("random", "random map"), ("centre", "centre map")):
+            rows.append({"method": label, "map": "-", "pointing game (%)": _pct(reference[source].get("pointing")),
+                         "box energy (%)": _pct(reference[source].get("energy"))})
+    first = next(iter(diag.values()))
+    where = (f"{first.get('num_images', '?')} evaluation images, {first.get('input_size', '?')} px input. "
+             if reference else "The evaluation data had no object boxes, so there is no localisation. ")
+    return where + SEEING_READING, pd.DataFrame(rows)
+
+
+def seeing_figure(table: pd.DataFrame) -> Figure:
+    """Pointing game and box energy per method, with the random and centre maps as lines."""
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    methods = table[~table.method.isin(["random map", "centre map"])]
+    baselines = table[table.method.isin(["random map", "centre map"])].set_index("method")
+    for k, column in enumerate(("pointing game (%)", "box energy (%)")):
+        ax = fig.add_subplot(1, 2, k + 1)
+        ax.bar(methods.method, methods[column], color=[METHOD_COLORS.get(m, "tab:gray") for m in methods.method])
+        for label, style in (("random map", ":"), ("centre map", "--")):
+            if label in baselines.index and not np.isnan(baselines.loc[label, column]):
+                ax.axhline(baselines.loc[label, column], color="black", linestyle=style, linewidth=1, label=label)
+        ax.set_ylim(0, 100)
+        ax.set_title(column)
+        ax.tick_params(axis="x", labelrotation=30)
+        ax.grid(axis="y", alpha=0.3)
+        if k == 0:
+            ax.legend(fontsize=8, loc="lower left")
+    return fig
+
+
+def graph_table(model_set: ModelSet) -> pd.DataFrame | None:
+    """AP change per class (pp) that each graph method's label graph brings: with minus without."""
+    columns = {}
+    for name, d in _diagnostics(model_set).items():
+        graph = d.get("graph")
+        if graph:
+            classes = model_set.methods[name].model.classes
+            ap, ap_id = graph["per_class"]["ap"], graph["per_class"]["ap_identity"]
+            columns[name] = pd.Series([np.nan if a is None or b is None else round(100 * (a - b), 2)
+                                       for a, b in zip(ap, ap_id)], index=classes)
+    return pd.DataFrame(columns) if columns else None
+
+
+def graph_figure(table: pd.DataFrame) -> Figure:
+    """Per-class AP change from the graph, one row of cells per graph method (red: the graph helps)."""
+    fig = Figure(figsize=(11, 0.7 + 0.45 * len(table.columns)), layout="constrained")
+    ax = fig.add_subplot()
+    values = table.T.to_numpy(dtype=float)
+    limit = max(0.5, float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 0.5)
+    image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    ax.set_xticks(range(len(table.index)), table.index, rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(len(table.columns)), table.columns)
+    for (r, c), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            ax.text(c, r, f"{v:+.1f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, label="AP with graph - without (pp)", shrink=0.9)
+    return fig
+
+
+# -- where the methods disagree ---------------------------------------------------------------------
+def disagreement_table(model_set: ModelSet) -> tuple[str, pd.DataFrame | None, list[dict]]:
+    """(status, one row per disputed image, the report's entries) from report.json."""
+    dis = (model_set.report or {}).get("disagreement") or {}
+    images = dis.get("images") or []
+    if not images:
+        return "No report.json with a disagreement analysis was shipped with these models.", None, []
+    methods = dis.get("methods") or []
+    rows = []
+    for im in images:
+        row = {"image": str(im.get("id")), "labels split": im.get("split_labels"),
+               "true labels": ", ".join(im.get("true") or []) or "-"}
+        for m in methods:
+            row[m] = ", ".join(im["predicted"].get(m) or []) or "-"
+        rows.append(row)
+    status = (f"On {100 * dis['agree_all']:.1f}% of the {dis['num_images']} evaluation images all "
+              f"{len(methods)} methods predict the same labels (p >= {dis['threshold']}). The {len(rows)} images below "
+              "are where they disagree most (number of labels on which they split).")
+    return status, pd.DataFrame(rows), images
+
+
+@lru_cache(maxsize=4)
+def _image_index(root: str) -> dict[str, str]:
+    """File stem -> path of the images under the operator's dataset folder (walked once)."""
+    index: dict[str, str] = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            stem, suffix = os.path.splitext(name)
+            if suffix.lower() in IMAGE_SUFFIXES:
+                index.setdefault(stem, os.path.join(folder, name))
+                if stem.isdigit():  # COCO file names pad the numeric id with zeros
+                    index.setdefault(str(int(stem)), os.path.join(folder, name))
+    return index
+
+
+def disagreement_gallery(images: list[dict], data_root: str | None = None) -> tuple[list[tuple[np.ndarray, str]], str]:
+    """The disputed images themselves, when the operator points ``MLC_DATA_ROOT`` at the dataset.
+    Ids are only looked up among the files found there, never joined into a path."""
+    root = data_root if data_root is not None else os.environ.get(DATA_ROOT_ENV)
+    if not images:
+        return [], ""
+    if not root or not Path(root).is_dir():
+        return [], (f"Set {DATA_ROOT_ENV} to the dataset folder on the server to see these images here; "
+                    "the table lists their ids.")
+    index = _image_index(str(Path(root).resolve()))
+    items, missing = [], 0
+    for im in images:
+        path = index.get(str(im.get("id")))
+        if path is None:
+            missing += 1
+            continue
+        with Image.open(path) as picture:
+            canvas = display_array(picture.convert("RGB"), side=320)
+        items.append((canvas, f"{im['id']}: {im.get('split_labels')} labels split"))
+    note = f" {missing} of the images were not found in the dataset folder." if missing else ""
+    return items, note
+
+
+# -- the graph's effect on one photo -----------------------------------------------------------------
+def graph_effect(model_set: ModelSet, image: Image.Image, top: int = 12) -> tuple[str, pd.DataFrame]:
+    """Each graph method's class scores with its label graph and without it (no retraining), the
+    largest changes first: which labels the graph pushed up or down on this photo."""
+    model_set.require_models()
+    graphs = [n for n, m in model_set.methods.items() if m.model.has_label_graph]
+    if not graphs:
+        raise RequestError("None of the loaded methods has a label graph.")
+    rows = []
+    with model_set.session(), torch.no_grad():
+        features = model_set.features(model_set.inputs(image))
+        for name in graphs:
+            model = model_set.methods[name].model
+            with_graph = torch.sigmoid(model.forward_head(features[name]).logits[0]).double().numpy()
+            with model.identity_graph():
+                without = torch.sigmoid(model.forward_head(features[name]).logits[0]).double().numpy()
+            for c, cls in enumerate(model.classes):
+                rows.append({"method": name, "class": cls, "with graph": round(with_graph[c], 3),
+                             "without graph": round(without[c], 3), "change": round(with_graph[c] - without[c], 3)})
+    table = pd.DataFrame(rows)
+    table = table.reindex(table.change.abs().sort_values(ascending=False, kind="stable").index).head(top)
+    table = table.reset_index(drop=True)
+    biggest = table.iloc[0]
+    direction = "raised" if biggest.change > 0 else "lowered"
+    status = (f"The same trained heads run with and without their label graph on this photo. The largest effect: "
+              f"**{md(biggest['method'])}**'s graph {direction} **{md(biggest['class'])}** from "
+              f"{biggest['without graph']:.2f} to {biggest['with graph']:.2f}.")
+    return status, table
