@@ -387,18 +387,27 @@ def test_label_graph_counts_directed_edges(client, checkpoints, tau):
     assert Image.open(heatmap).format == Image.open(network).format == "PNG"
 
 
-def test_analysis_is_computed_once_per_model_set(client):
-    import time
+def test_analysis_is_computed_once_per_model_set(client, monkeypatch):
+    """Every Analysis figure and the t-SNE are computed on the first open and then served from
+    memory (the time it takes is bench/app_latency.py's to measure, not a test's)."""
+    from mlc import insight, serving
 
-    client.predict(api_name="/per_class_ap"), client.predict(api_name="/what_models_see")
-    client.predict(api_name="/classifier_tsne")
-    start = time.perf_counter()
-    for _ in range(2):
+    made = []
+    for module, name in ((serving, "ap_chart"), (serving, "cooccurrence_heatmap"), (serving, "graph_figure"),
+                         (serving, "tsne_figure"), (serving, "classifier_embedding"), (insight, "seeing_figure"),
+                         (insight, "graph_figure")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=original, _n=f"{module.__name__}.{name}", **k:
+                            made.append(_n) or _f(*a, **k))
+    first = []
+    for round_ in range(3):
         client.predict(api_name="/per_class_ap")
         client.predict(api_name="/what_models_see")
         client.predict(None, 0.4, 0.25, api_name="/label_graph")
         client.predict(api_name="/classifier_tsne")
-    assert (time.perf_counter() - start) / 2 < 2.0  # the issue's target (generous: gradio_client polls)
+        if round_ == 0:
+            first = list(made)
+    assert made == first  # nothing was computed again after the first open
 
 
 def test_classifier_tsne(client):

@@ -57,9 +57,10 @@ def test_opens_with_an_example_already_predicted(browser, url, shots):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(url)
-    page.locator("#predict-status").get_by_text("5 methods on a 512 x 600 image").wait_for()  # no click: cached
+    page.locator("#predict-status").get_by_text("5 methods on a 560 x 300 image").wait_for()  # no click: cached
     page.locator("#labels-grid table").wait_for()
     assert page.locator("#labels-grid tr").count() == 5
+    page.locator("#graph-effect-status").get_by_text("largest effect").wait_for()  # cached with the example
     page.screenshot(path=shots / "opening.png", full_page=True)
     page.close()
 
@@ -87,6 +88,7 @@ def test_upload_predict_and_every_tab(browser, url, shots, tmp_path):
     page.locator("#predict-table").get_by_text("tvmonitor", exact=True).first.wait_for()
     assert page.locator("#labels-grid th").count() == 5  # one row per method
     top = page.locator("#predict-status strong").first.inner_text()
+    page.locator("#graph-effect-table").get_by_text("without graph").first.wait_for()
     page.screenshot(path=shots / "predict.png", full_page=True)
 
     page.get_by_role("tab", name="Explain").click()
@@ -114,7 +116,9 @@ def test_upload_predict_and_every_tab(browser, url, shots, tmp_path):
 
     page.get_by_role("tab", name="Analysis").click()
     page.locator("#ap-table").get_by_text("mAP", exact=True).first.wait_for()
-    for plot in ("#ap-plot", "#heatmap", "#network", "#tsne-plot"):
+    page.locator("#seeing-table").get_by_text("centre map", exact=True).first.wait_for()
+    page.locator("#disagree-table").get_by_text("labels split").first.wait_for()
+    for plot in ("#ap-plot", "#heatmap", "#network", "#tsne-plot", "#seeing-plot", "#graph-ap-plot"):
         page.locator(f"{plot} img").wait_for(state="attached")
         page.locator(f"{plot} img").scroll_into_view_if_needed()  # lazy images load when seen
         page.locator(f"{plot} img").wait_for()
@@ -122,10 +126,10 @@ def test_upload_predict_and_every_tab(browser, url, shots, tmp_path):
     page.screenshot(path=shots / "analysis.png", full_page=True)
 
     page.get_by_role("tab", name="Predict").click()
-    # the page opened on grace_hopper (512 x 600): pick the other example and predict it
-    page.locator("#examples button.gallery-item").filter(has=page.locator("img[src*='china']")).click()
+    # the page opened on the living room (560 x 300): pick another example and predict it
+    page.locator("#examples button.gallery-item").filter(has=page.locator("img[src*='horses']")).click()
     page.get_by_role("button", name="Predict", exact=True).click()
-    page.locator("#predict-status").get_by_text("5 methods on a 640 x 427 image").wait_for()
+    page.locator("#predict-status").get_by_text("5 methods on a 1024 x 664 image").wait_for()
     page.close()
 
 

@@ -195,3 +195,12 @@ def test_config_yaml_defaults_and_cli_override(tmp_path):
 
     with pytest.raises(ConfigError, match="bad.yaml"):
         config_for(["--config", str(bad)])
+
+
+def test_only_the_first_seed_computes_the_diagnostics(tmp_path):
+    from train.cli import seed_configs
+    from train.config import TrainConfig
+
+    runs = seed_configs(TrainConfig(seeds=3, seed=5, group="g", output_dir=str(tmp_path)))
+    assert [(r.seed, r.group, r.diagnostics) for r in runs] == [(5, "g", True), (6, "g/seed6", False), (7, "g/seed7", False)]
+    assert not any(r.diagnostics for r in seed_configs(TrainConfig(seeds=2, diagnostics=False)))

@@ -83,7 +83,8 @@ def cmd_fit(argv: list[str]) -> int:
 
 def seed_configs(config: TrainConfig) -> list[TrainConfig]:
     """The runs of ``config.seeds`` seeds: the first in <group>/<variant>, the others in
-    <group>/seed<S>/<variant>; all share the group's feature cache (the cache key names the weights)."""
+    <group>/seed<S>/<variant>; all share the group's feature cache (the cache key names the weights).
+    Only the first seed computes the diagnostics (the report shows the first seed's)."""
     import dataclasses
 
     cache_dir = config.cache_dir or str(Path(config.output_dir) / config.group / "feature_cache")
@@ -91,7 +92,8 @@ def seed_configs(config: TrainConfig) -> list[TrainConfig]:
     for k in range(config.seeds):
         seed = config.seed + k
         group = config.group if k == 0 else f"{config.group}/seed{seed}"
-        runs.append(dataclasses.replace(config, seed=seed, group=group, cache_dir=cache_dir))
+        runs.append(dataclasses.replace(config, seed=seed, group=group, cache_dir=cache_dir,
+                                        diagnostics=config.diagnostics and k == 0))
     return runs
 
 
