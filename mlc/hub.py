@@ -195,6 +195,38 @@ def _graph_section(model_config: Mapping[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _seeing_section(eval_result: Mapping[str, Any] | None) -> list[str]:
+    """eval.json's "diagnostics" (``mlc.diagnostics``) in a few lines; nothing when absent."""
+    d = (eval_result or {}).get("diagnostics")
+    if not isinstance(d, dict):
+        return []
+
+    def pct(x: Any) -> str:
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+
+    lines = ["## What the model sees", "",
+             f"Measured on the evaluation split with the model's own maps ({d.get('map', 'n/a')}, "
+             f"{d.get('input_size', 'n/a')} px input):", ""]
+    loc = d.get("localization") or {}
+    if "method" in loc:
+        lines.append(f"- pointing game (map maximum on a box of the class, mean over classes): "
+                     f"{pct(loc['method'].get('pointing'))}; a random map {pct(loc['random'].get('pointing'))}, "
+                     f"a centre map {pct(loc['centre'].get('pointing'))}")
+        lines.append(f"- box energy (share of the map inside the class's boxes): {pct(loc['method'].get('energy'))}; "
+                     f"random {pct(loc['random'].get('energy'))}, centre {pct(loc['centre'].get('energy'))}")
+    flip = d.get("flip") or {}
+    if flip.get("cosine") is not None:
+        lines.append(f"- flip consistency: cosine {flip['cosine']:.3f} between the map of the image and the "
+                     f"flipped-back map of its mirror image; G-CAM's L_A {flip.get('la', float('nan')):.3g} "
+                     f"({flip.get('units', 'map units')})")
+    graph = d.get("graph")
+    if graph:
+        lines.append(f"- without its label graph ({graph.get('no_graph', 'no edges')}; not retrained): mAP "
+                     f"{pct(graph.get('map_identity'))} against {pct(graph.get('map'))} with it "
+                     f"({100 * graph['difference']:+.2f} pp from the graph)")
+    return lines + [""]
+
+
 def _training_section(train_config: Mapping[str, Any] | None) -> list[str]:
     lines = ["## Training configuration", ""]
     if not train_config:
@@ -281,6 +313,7 @@ def model_card(
         *_data_section(model_config, eval_result, split_info),
         *_metrics_section(model_config, eval_result),
         *_graph_section(model_config),
+        *_seeing_section(eval_result),
         *_training_section(train_config),
         *_usage_section(model_config, repo_id),
     ]

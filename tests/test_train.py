@@ -72,6 +72,9 @@ def test_run_folder_contents(trained_group, variant):
     assert (diag["graph"] is None) == (variant == "baseline")
     if diag["graph"]:
         assert diag["graph"]["map"] == pytest.approx(metrics["map"], abs=1e-6)
+    pointing = diag["localization"]["method"]["pointing"]
+    assert "## What the model sees" in card and f"pointing game (map maximum on a box of the class, mean over classes): {100 * pointing:.1f}%" in card
+    assert ("without its label graph" in card) == (variant != "baseline")
 
 
 def test_report_compares_every_variant(trained_group):
