@@ -434,6 +434,11 @@ def seeing_section(analysis: dict[str, Any], classes: list[str]) -> list[str]:
                 cells = [_pct(loc[n]["method"]["per_class"]["pointing"][c]) for n in with_boxes]
                 cells += [_pct(ref[s]["per_class"]["pointing"][c]) for s in ("random", "centre")]
                 lines.append(f"| {cls} | " + " | ".join(cells) + " |")
+        lines += ["", "### Flip cosine per class (positive pairs)", "",
+                  "| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for c, cls in enumerate(classes):
+            lines.append(f"| {cls} | " + " | ".join(_num(diag[n]["flip"]["per_class"]["cosine"][c], ".3f")
+                                                     for n in names) + " |")
         graphs = [n for n in names if diag[n].get("graph")]
         if graphs:
             lines += ["", "### AP change from the label graph per class (pp: AP with the graph − AP without)", "",
