@@ -15,6 +15,9 @@
   squared difference averaged over positions, classes and images, in the map's own units: logits per
   cell for CAM, attention weights summing to 1 for attention), ``la_positive`` (the same over positive
   pairs only), ``pairs``, ``empty_pairs`` and ``per_class`` lists of ``cosine`` and ``la``.
+- ``scale``: the same for G-CAM's scale term: the image's maps resized to the maps of the image
+  rescaled to ``size`` px (``ratio`` x ``input_size``, 192 px at 224 as in G-CAM) against those
+  maps; null when ``scale_ratio`` is None.
 - ``graph``: null for a variant without a label graph, else the model evaluated again with its
   graph replaced by no graph (``MultiLabelModel.identity_graph``, no retraining):
   ``{"map", "map_identity", "difference" (map - map_identity), "per_class": {"ap", "ap_identity"},
@@ -34,7 +37,7 @@ import torch
 from PIL import Image
 
 from mlc.data.base import MultiLabelDataset
-from mlc.explain import flip_consistency
+from mlc.explain import flip_consistency, rescale, scale_consistency
 from mlc.localization import POINTING_TOLERANCE, LocalizationTally, centre_map, random_map, score_map
 from mlc.metrics import evaluate
 
@@ -67,6 +70,7 @@ def diagnose(
     num_workers: int = 0,
     tolerance: float = POINTING_TOLERANCE,
     seed: int = 0,
+    scale_ratio: float | None = 192 / 224,
 ) -> dict[str, Any]:
     """The ``diagnostics`` entry of eval.json for ``model`` on ``dataset`` (see the module docstring).
 
@@ -86,25 +90,29 @@ def diagnose(
     boxes = dataset.has_boxes
     rng = np.random.default_rng(seed)
     tally = LocalizationTally(model.num_classes)
-    logits_all, identity_all, squared, cosine = [], [], [], []
+    logits_all, identity_all = [], []
+    pairs_of = {"flip": ([], []), "scale": ([], [])}  # per transform: squared errors, cosines
+    scaled_size = None if not scale_ratio else max(32, int(round(model.image_size * float(scale_ratio))))
     kind, map_size, pairs_without_boxes, centre = "", None, 0, None
     start = 0
     for images, _ in loader:
         images = images.to(device)
         features = model.forward_features(images)
         mirrored = model.forward_features(images.flip(-1))
-        consistency = flip_consistency(model, features=features, flipped_features=mirrored)
-        maps, kind = consistency.maps, consistency.kind  # the image's own maps
+        flip = flip_consistency(model, features=features, flipped_features=mirrored)
+        maps, kind = flip.maps, flip.kind  # the image's own maps
         logits_all.append(model.forward_head(features).logits.float().cpu())
         if model.has_label_graph:
             with model.identity_graph():
                 identity_all.append(model.forward_head(features).logits.float().cpu())
-        squared.append(consistency.squared_error.float().cpu())
-        both_empty = (consistency.maps.flatten(2).abs().amax(-1) <= 1e-12) | (
-            consistency.flipped_back.flatten(2).abs().amax(-1) <= 1e-12)
-        cos = consistency.score.float().cpu()
-        cos[both_empty.cpu()] = float("nan")
-        cosine.append(cos)
+        pairs = {"flip": flip}
+        if scaled_size:
+            pairs["scale"] = scale_consistency(model, maps, kind, model.forward_features(rescale(images, scaled_size)))
+        for name, pair in pairs.items():
+            cos = pair.score.float().cpu()
+            cos[pair.empty.cpu()] = float("nan")  # no cosine for an empty map
+            pairs_of[name][0].append(pair.squared_error.float().cpu())
+            pairs_of[name][1].append(cos)
         maps = maps.float().cpu().numpy()
         map_size = list(maps.shape[-2:])
         if centre is None:
@@ -125,18 +133,10 @@ def diagnose(
         start += images.shape[0]
 
     positive = targets == 1
-    squared_error, cos = torch.cat(squared).numpy(), torch.cat(cosine).numpy()
-    pos_cos = np.where(positive, cos, np.nan)
-    per_class_cos = [_nanmean(pos_cos[:, c]) for c in range(model.num_classes)]
-    flip = {
-        "cosine": _nanmean(pos_cos.ravel()),
-        "la": float(squared_error.mean()),
-        "la_positive": _nanmean(np.where(positive, squared_error, np.nan).ravel()),
-        "pairs": int(positive.sum()),
-        "empty_pairs": int((positive & np.isnan(cos)).sum()),
-        "units": MAP_UNITS.get(kind, kind),
-        "per_class": {"cosine": per_class_cos, "la": [float(x) for x in squared_error.mean(axis=0)]},
-    }
+    consistency = {name: _consistency(torch.cat(sq).numpy(), torch.cat(co).numpy(), positive, kind)
+                   for name, (sq, co) in pairs_of.items() if sq}
+    if "scale" in consistency:
+        consistency["scale"].update(size=scaled_size, ratio=float(scale_ratio))
     if boxes:
         localization = {"tolerance": tolerance, "pairs_without_boxes": pairs_without_boxes,
                         **{source: tally.summary(source) for source in ("method", "random", "centre")}}
@@ -151,7 +151,23 @@ def diagnose(
                  "no_graph": model.no_graph_description,
                  "per_class": {"ap": real.ap, "ap_identity": ablated.ap}}
     return _clean({"map": kind, "input_size": model.image_size, "map_size": map_size, "num_images": len(dataset),
-                   "localization": localization, "flip": flip, "graph": graph})
+                   "localization": localization, "flip": consistency["flip"], "scale": consistency.get("scale"),
+                   "graph": graph})
+
+
+def _consistency(squared_error: np.ndarray, cos: np.ndarray, positive: np.ndarray, kind: str) -> dict[str, Any]:
+    """Summary of one transform's (N, C) squared errors and cosines (nan: an empty map)."""
+    pos_cos = np.where(positive, cos, np.nan)
+    return {
+        "cosine": _nanmean(pos_cos.ravel()),
+        "la": float(squared_error.mean()),
+        "la_positive": _nanmean(np.where(positive, squared_error, np.nan).ravel()),
+        "pairs": int(positive.sum()),
+        "empty_pairs": int((positive & np.isnan(cos)).sum()),
+        "units": MAP_UNITS.get(kind, kind),
+        "per_class": {"cosine": [_nanmean(pos_cos[:, c]) for c in range(positive.shape[1])],
+                      "la": [float(x) for x in squared_error.mean(axis=0)]},
+    }
 
 
 def _nanmean(values: np.ndarray) -> float:

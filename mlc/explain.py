@@ -53,17 +53,30 @@ def explanation_maps(model, images: torch.Tensor | None = None, features: torch.
     return out.logits, grad_cam(model, out.features), "Grad-CAM"
 
 
+def map_transform(maps: torch.Tensor, transform: str, like: torch.Tensor | None = None) -> torch.Tensor:
+    """T(Q(I)): maps of an image carried over to where the maps of its transformed copy lie, as
+    G-CAM defines it: "flip" mirrors them, "scale" resizes them (bilinear) to ``like``'s size."""
+    if transform == "flip":
+        return maps.flip(-1)
+    if transform == "scale":
+        if like is None:
+            raise ValueError("the scale transform needs the maps of the scaled image (like=...)")
+        return F.interpolate(maps, size=like.shape[-2:], mode="bilinear", align_corners=False)
+    raise ValueError(f"transform must be 'flip' or 'scale', got {transform!r}")
+
+
 @dataclass
-class FlipConsistency:
-    """Maps of the image and of its mirror image flipped back, for every class (B, C, h, w)."""
+class MapConsistency:
+    """Two maps per image and class (B, C, h, w) that should agree: the image's maps carried by a
+    transform (``map_transform``) and the maps of the transformed image."""
 
     maps: torch.Tensor
-    flipped_back: torch.Tensor
+    other: torch.Tensor
     kind: str
 
     @property
     def difference(self) -> torch.Tensor:
-        return self.maps - self.flipped_back
+        return self.maps - self.other
 
     @property
     def squared_error(self) -> torch.Tensor:
@@ -73,8 +86,22 @@ class FlipConsistency:
     @property
     def score(self) -> torch.Tensor:
         """Cosine similarity of the two maps per image and class, in [-1, 1]; 1 = perfectly consistent."""
-        a, b = self.maps.flatten(2), self.flipped_back.flatten(2)
+        a, b = self.maps.flatten(2), self.other.flatten(2)
         return F.cosine_similarity(a, b, dim=-1, eps=1e-12)
+
+    @property
+    def empty(self) -> torch.Tensor:
+        """(B, C) True where either map is all zero (no cosine: e.g. Grad-CAM of an absent class)."""
+        return (self.maps.flatten(2).abs().amax(-1) <= 1e-12) | (self.other.flatten(2).abs().amax(-1) <= 1e-12)
+
+
+@dataclass
+class FlipConsistency(MapConsistency):
+    """Maps of the image and of its mirror image flipped back (the flip is its own inverse)."""
+
+    @property
+    def flipped_back(self) -> torch.Tensor:
+        return self.other
 
 
 def flip_consistency(
@@ -93,7 +120,19 @@ def flip_consistency(
     else:
         _, maps, kind = explanation_maps(model, features=features)
         _, flipped, _ = explanation_maps(model, features=flipped_features)
-    return FlipConsistency(maps=maps, flipped_back=flipped.flip(-1), kind=kind)
+    return FlipConsistency(maps=maps, other=map_transform(flipped, "flip"), kind=kind)
+
+
+def rescale(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The image batch resized to ``size`` x ``size`` (bilinear, antialiased): G-CAM's scale view."""
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def scale_consistency(model, maps: torch.Tensor, kind: str, scaled_features: torch.Tensor) -> MapConsistency:
+    """G-CAM's scale term: the image's maps resized to the map size of a rescaled copy, against
+    the maps of that copy (``scaled_features``: its backbone maps)."""
+    _, scaled, _ = explanation_maps(model, features=scaled_features)
+    return MapConsistency(maps=map_transform(maps, "scale", like=scaled), other=scaled, kind=kind)
 
 
 def normalize_map(cam: np.ndarray) -> np.ndarray:

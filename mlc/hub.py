@@ -219,6 +219,10 @@ def _seeing_section(eval_result: Mapping[str, Any] | None) -> list[str]:
         lines.append(f"- flip consistency: cosine {flip['cosine']:.3f} between the map of the image and the "
                      f"flipped-back map of its mirror image; G-CAM's L_A {flip.get('la', float('nan')):.3g} "
                      f"({flip.get('units', 'map units')})")
+    scale = d.get("scale") or {}
+    if scale.get("cosine") is not None:
+        lines.append(f"- scale consistency (the image at {scale.get('size', 'n/a')} px, as G-CAM): cosine "
+                     f"{scale['cosine']:.3f}; L_A {scale.get('la', float('nan')):.3g}")
     graph = d.get("graph")
     if graph:
         lines.append(f"- without its label graph ({graph.get('no_graph', 'no edges')}; not retrained): mAP "

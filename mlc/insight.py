@@ -26,8 +26,9 @@ SEEING_READING = (
     "maximum of a method's map for a present class lies on an object of that class (its box, within 3% of the "
     "image's side); **box energy**: how much of the map lies inside those boxes. A **random map** and a "
     "**centre map** (always looking at the middle) show what chance and the photographer's framing give. "
-    "**Flip cosine**: whether the map of the mirrored photo mirrors the map of the photo (1 = exactly). "
-    "**L_A**: G-CAM's flip loss, the mean squared difference of those two maps in the map's own units, so "
+    "**Flip cosine**: whether the map of the mirrored photo mirrors the map of the photo (1 = exactly); "
+    "**scale cosine**: the same for the photo shrunk to 192/224 of its size, as G-CAM trains. "
+    "**L_A**: G-CAM's loss, the mean squared difference of those two maps in the map's own units, so "
     "compare it between the CAM methods only. **No graph**: the same trained model with its label graph "
     "removed (GCN: identity; GGNN: no edges), not retrained: the difference is what the graph contributes to "
     "this trained model (a model trained without a graph could do better than this ablation)."
@@ -63,6 +64,8 @@ def seeing_table(model_set: ModelSet) -> tuple[str, pd.DataFrame | None]:
             "box energy (%)": _pct(method.get("energy")),
             "flip cosine": np.nan if d["flip"].get("cosine") is None else round(d["flip"]["cosine"], 3),
             "L_A (flip)": np.nan if d["flip"].get("la") is None else float(f"{d['flip']['la']:.3g}"),
+            "scale cosine": np.nan if (d.get("scale") or {}).get("cosine") is None else round(d["scale"]["cosine"], 3),
+            "L_A (scale)": np.nan if (d.get("scale") or {}).get("la") is None else float(f"{d['scale']['la']:.3g}"),
             "mAP (%)": _pct(graph.get("map")) if graph else np.nan,
             "mAP, no graph (%)": _pct(graph.get("map_identity")) if graph else np.nan,
             "graph's share (pp)": round(100 * graph["difference"], 2) if graph else np.nan,

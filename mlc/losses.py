@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mlc.explain import class_activation_maps
+from mlc.explain import class_activation_maps, map_transform
 
 
 def multilabel_bce(logits: torch.Tensor, targets: torch.Tensor, difficult_as_positive: bool = True) -> torch.Tensor:
@@ -18,22 +18,13 @@ def multilabel_bce(logits: torch.Tensor, targets: torch.Tensor, difficult_as_pos
     return (loss * mask).sum() / mask.sum().clamp(min=1)
 
 
-def flip_maps(maps: torch.Tensor) -> torch.Tensor:
-    return maps.flip(-1)
-
-
 def attention_consistency_loss(maps: torch.Tensor, maps_of_transformed: torch.Tensor, transform: str = "flip") -> torch.Tensor:
     """L_A = mean over classes and positions of (T(Q(I)) - Q(T(I)))^2.
 
     ``maps`` are CAMs of the image, ``maps_of_transformed`` CAMs of the transformed image;
     ``transform`` is "flip" (mirror the maps) or "scale" (resize the maps to the other's size).
     """
-    if transform == "flip":
-        mapped = flip_maps(maps)
-    elif transform == "scale":
-        mapped = F.interpolate(maps, size=maps_of_transformed.shape[-2:], mode="bilinear", align_corners=False)
-    else:
-        raise ValueError(f"transform must be 'flip' or 'scale', got {transform!r}")
+    mapped = map_transform(maps, transform, like=maps_of_transformed)
     return (mapped - maps_of_transformed).pow(2).mean()
 
 

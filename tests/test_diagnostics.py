@@ -118,6 +118,16 @@ def test_diagnose_reports_every_part_with_baselines(voc_val, tiny_setup):
         assert d["flip"]["la"] == pytest.approx(float(fc.squared_error.mean()), rel=1e-4)
         cos = fc.score.numpy()[voc_val.labels == 1]
         assert d["flip"]["cosine"] == pytest.approx(float(cos.mean()), rel=1e-4)
+        # the scale term is G-CAM's, at 192/224 of the input: 55 px for 64
+        from mlc.explain import explanation_maps, rescale
+        from mlc.losses import attention_consistency_loss
+
+        assert d["scale"]["size"] == 55
+        with torch.no_grad():
+            small = explanation_maps(model, rescale(images, 55))[1]
+            expected = attention_consistency_loss(fc.maps, small, "scale")
+        assert d["scale"]["la"] == pytest.approx(float(expected), rel=1e-4)
+        assert -1 <= d["scale"]["cosine"] <= 1 and d["scale"]["pairs"] == d["flip"]["pairs"]
         # the random baseline is seeded: the same seed gives the same figures
         assert diagnose(model, voc_val, batch_size=3, seed=3)["localization"]["random"] == loc["random"]
 

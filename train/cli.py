@@ -239,6 +239,9 @@ def diagnostics_line(d: dict) -> str:
                      f"centre {_pct(loc['centre']['pointing'])}), box energy {_pct(loc['method']['energy'])}")
     parts.append(f"flip cosine {flip['cosine']:.3f}, L_A {flip['la']:.3g}" if flip["cosine"] is not None
                  else f"flip L_A {flip['la']:.3g}")
+    scale = d.get("scale") or {}
+    if scale.get("cosine") is not None:
+        parts.append(f"scale ({scale['size']} px) cosine {scale['cosine']:.3f}, L_A {scale['la']:.3g}")
     if graph:
         parts.append(f"mAP without the graph {_pct(graph['map_identity'])} ({100 * graph['difference']:+.2f} pp from it)")
     return " ".join(parts[:1]) + " " + "; ".join(parts[1:])

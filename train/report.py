@@ -406,7 +406,8 @@ def seeing_section(analysis: dict[str, Any], classes: list[str]) -> list[str]:
                   "classes, Zhang et al. 2016); **box energy**: share of the map's positive part inside the class's "
                   "boxes. A random map and a centre map (Gaussian at the image centre) give the scale. **Flip cosine**: "
                   "map of the image against the flipped-back map of its mirror image (positive pairs; 1 = mirrors "
-                  "perfectly); **L_A**: G-CAM's flip term at "
+                  "perfectly); **scale cosine**: the map resized to the map of the image rescaled as in G-CAM; "
+                  "**L_A**: G-CAM's flip and scale terms at "
                   f"{first.get('input_size', '?')} px, in each map's own units (compare CAM methods with each other). "
                   "**No graph**: the same trained model with its label graph replaced by the identity (GCN) or "
                   "by no edges (GGNN), without retraining.", "",
@@ -423,6 +424,10 @@ def seeing_section(analysis: dict[str, Any], classes: list[str]) -> list[str]:
             lines.append(row("positive pairs with boxes", lambda n: str((loc[n].get("method") or {}).get("pairs", ""))))
         lines.append(row("flip cosine", lambda n: _num(diag[n]["flip"].get("cosine"), ".3f")))
         lines.append(row("L_A (flip)", lambda n: _num(diag[n]["flip"].get("la"), ".3g")))
+        if any(diag[n].get("scale") for n in names):
+            size = next(diag[n]["scale"]["size"] for n in names if diag[n].get("scale"))
+            lines.append(row(f"scale cosine ({size} px)", lambda n: _num((diag[n].get("scale") or {}).get("cosine"), ".3f")))
+            lines.append(row("L_A (scale)", lambda n: _num((diag[n].get("scale") or {}).get("la"), ".3g")))
         lines.append(row("mAP (%)", lambda n: _pct((diag[n].get("graph") or {}).get("map")) if diag[n].get("graph") else "–"))
         lines.append(row("mAP, no graph (%)", lambda n: _pct(diag[n]["graph"]["map_identity"]) if diag[n].get("graph") else "–"))
         lines.append(row("graph's share (pp)", lambda n: _pp(diag[n]["graph"]["difference"]) if diag[n].get("graph") else "–"))

@@ -7,11 +7,10 @@ G-CAM has the same network; it differs in training (``mlc.losses.attention_consi
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mlc import graph as label_graph
-from mlc.explain import class_activation_maps
+from mlc.explain import class_activation_maps, rescale
 from mlc.losses import GCAMLoss
 from mlc.models.base import ModelOutput, MultiLabelModel
 from mlc.models.layers import GraphConvolution
@@ -138,8 +137,7 @@ class GCAM(MLGCN):
         if view == "flipped":
             return images.flip(-1)
         if view == "scaled":
-            size = self.scaled_size(images.shape[-1])
-            return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            return rescale(images, self.scaled_size(images.shape[-1]))
         return super().view_images(images, view)
 
     def training_loss(self, features, targets, difficult_as_positive=True):
