@@ -437,11 +437,12 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                 seeing_status = gr.Markdown(elem_id="seeing-status")
                 seeing_table = gr.Dataframe(label="localisation, flip consistency and the label graph's share",
                                             interactive=False, elem_id="seeing-table")
-                seeing_plot = gr.Image(label="pointing game and box energy", type="filepath", elem_id="seeing-plot")
+                seeing_plot = gr.Image(label="pointing game and box energy", type="filepath", elem_id="seeing-plot",
+                                       show_label=False)
                 graph_ap_table = gr.Dataframe(label="AP change per class from the label graph (pp)", interactive=False,
                                               elem_id="graph-ap-table")
                 graph_ap_plot = gr.Image(label="AP change per class from the label graph", type="filepath",
-                                         elem_id="graph-ap-plot")
+                                         elem_id="graph-ap-plot", show_label=False)
                 disagree_status = gr.Markdown(elem_id="disagree-status")
                 disagree_table = gr.Dataframe(label="where the methods disagree", interactive=False,
                                               elem_id="disagree-table")

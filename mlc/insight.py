@@ -125,7 +125,8 @@ def graph_figure(table: pd.DataFrame) -> Figure:
     for (r, c), v in np.ndenumerate(values):
         if np.isfinite(v):
             ax.text(c, r, f"{v:+.1f}", ha="center", va="center", fontsize=7)
-    fig.colorbar(image, ax=ax, label="AP with graph - without (pp)", shrink=0.9)
+    ax.set_title("AP with the label graph minus AP without it (pp), per class")
+    fig.colorbar(image, ax=ax, label="pp", shrink=0.9)
     return fig
 
 
