@@ -74,7 +74,8 @@ CACHE_SECONDS = (600, 1800)  # uploads and outputs older than 30 min are deleted
 
 # Gradio's gallery takes one column count: on a phone, two maps a row instead of five side-scrolling
 PHONE_CSS = ("@media (max-width: 640px) { #explain-gallery .grid-container, #flip-gallery .grid-container "
-             "{ grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } }")
+             "{ grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } "
+             "#image-row { flex-direction: column !important; } #image-row > * { width: 100% !important; } }")
 
 
 def guarded(fn: Callable[..., tuple]) -> Callable[..., tuple]:
@@ -375,7 +376,7 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                                         placeholder="a local folder or a Hub repo id (user/repo or user/repo@revision)",
                                         scale=4)
                     load_button = gr.Button("Load models", scale=1)
-        with gr.Row():
+        with gr.Row(elem_id="image-row"):  # image and examples; stacked on a phone
             image = image_input(label="Image", sources=["upload", "clipboard"], height=300, elem_id="image")
             if EXAMPLES:
                 gr.Examples([[str(p)] for p in EXAMPLES], inputs=[image], label="Examples", elem_id="examples")

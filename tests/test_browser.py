@@ -141,6 +141,8 @@ def test_phone_layout(browser, url, shots):
     page.locator("#predict-chart .mlc-row").first.wait_for()
     assert page.locator("#predict-chart .mlc-chart").bounding_box()["width"] >= 300  # the chart uses the width
     assert page.evaluate("document.documentElement.scrollWidth") <= 400 + 1  # nothing wider than the phone
+    image, examples = page.locator("#image").bounding_box(), page.locator("#examples").bounding_box()
+    assert image["width"] >= 300 and examples["y"] >= image["y"] + image["height"] - 1  # stacked, not squeezed
     page.get_by_role("tab", name="Explain").click()
     page.get_by_role("button", name="Explain", exact=True).click()
     page.locator("#explain-gallery img").first.wait_for()
