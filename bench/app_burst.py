@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from app_process import ROOT, app_process  # bench/ is on sys.path when a bench runs as a script
 
 
 def rss_mb(pid: int) -> float:
@@ -33,12 +30,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             total += int(line.split()[1])
     return total / 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def noisy_png(path: Path, megapixels: float, seed: int) -> Path:
@@ -52,22 +43,6 @@ def noisy_png(path: Path, megapixels: float, seed: int) -> Path:
     return path
 
 
-def wait_for(url: str, proc: subprocess.Popen, timeout: float = 180) -> float:
-    import httpx
-
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"the app exited: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return time.perf_counter() - start
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("the app did not start")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
@@ -79,14 +54,7 @@ def main() -> None:
     folder = Path(os.environ.get("TMPDIR", "/tmp")) / "mlc-burst"
     folder.mkdir(exist_ok=True)
     images = [noisy_png(folder / f"big{i}.png", args.megapixels, i) for i in range(args.images)]
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "MLC_CHECKPOINTS": str(args.checkpoints),
-           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        started = wait_for(url, proc)
+    with app_process(args.checkpoints) as (proc, url, started):
         from gradio_client import Client, handle_file
 
         client = Client(url, verbose=False)
@@ -122,9 +90,6 @@ def main() -> None:
         stop.set()
         sampler.join()
         after = rss_mb(proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
     size = images[0].stat().st_size / 2**20
     print(f"{args.images} PNGs of {args.megapixels:g} MP ({size:.0f} MB each) at once over predict / explain / flip; "

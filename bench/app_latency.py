@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import app  # noqa: E402
+from app_process import free_port  # noqa: E402  (bench/ is on sys.path when a bench runs as a script)
 from mlc import serving  # noqa: E402
 from mlc.data import VOC_CLASSES  # noqa: E402
 from mlc.models import create_model  # noqa: E402
@@ -61,12 +61,6 @@ def timings(fn: Callable[[], object], requests: int, warmup: int = 2) -> np.ndar
         fn()
         out.append(time.perf_counter() - start)
     return np.array(out)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def backbone_passes(model_set: serving.ModelSet, fn: Callable[[], object]) -> int:

@@ -10,38 +10,12 @@ figures, the second is served from memory. Prints a Markdown table; run it on an
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from app_process import ROOT, app_process  # bench/ is on sys.path when a bench runs as a script
+
 ANALYSIS = (("/per_class_ap", ()), ("/what_models_see", ()), ("/label_graph", (None, 0.4, 0.25)),
             ("/classifier_tsne", ()))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_page(url: str, process: subprocess.Popen, limit: float = 180.0) -> float:
-    """Seconds until ``url`` answers 200 (the process is polled so a crash fails at once)."""
-    start = time.perf_counter()
-    while time.perf_counter() - start < limit:
-        if process.poll() is not None:
-            raise RuntimeError(f"app.py exited with {process.returncode} before serving a page")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return time.perf_counter() - start
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"no page at {url} within {limit:.0f} s")
 
 
 def open_analysis(url: str) -> float:
@@ -59,21 +33,10 @@ def main() -> None:
     parser.add_argument("--checkpoints", default=str(ROOT / "checkpoints"))
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-           "MLC_CHECKPOINTS": args.checkpoints}
     rows = []
     for run in range(args.runs):
-        port = free_port()
-        env["GRADIO_SERVER_PORT"], env["GRADIO_SERVER_NAME"] = str(port), "127.0.0.1"
-        process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            url = f"http://127.0.0.1:{port}/"
-            first_page = wait_for_page(url, process)
+        with app_process(args.checkpoints) as (_, url, first_page):
             rows.append((run + 1, first_page, open_analysis(url), open_analysis(url)))
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
     print("| run | first page (s) | Analysis, first open (s) | Analysis, second open (s) |")
     print("|---|---:|---:|---:|")
     for run, page, first, second in rows:

@@ -39,7 +39,7 @@ from PIL import Image
 from mlc.data.base import MultiLabelDataset
 from mlc.explain import flip_consistency, rescale, scale_consistency
 from mlc.localization import POINTING_TOLERANCE, LocalizationTally, centre_map, random_map, score_map
-from mlc.metrics import evaluate
+from mlc.metrics import evaluate, nanmean
 
 MAP_UNITS = {"CAM": "logit per cell", "Grad-CAM": "gradient-weighted activation", "attention": "weight (sums to 1)"}
 
@@ -71,10 +71,13 @@ def diagnose(
     tolerance: float = POINTING_TOLERANCE,
     seed: int = 0,
     scale_ratio: float | None = 192 / 224,
-) -> dict[str, Any]:
+    return_scores: bool = False,
+) -> dict[str, Any] | tuple[dict[str, Any], np.ndarray]:
     """The ``diagnostics`` entry of eval.json for ``model`` on ``dataset`` (see the module docstring).
 
-    ``dataset`` is given without transform; the model's own test transform is applied here.
+    The model's own test transform is applied here (any transform of ``dataset`` is replaced).
+    ``return_scores``: also return the (N, C) probabilities of its forward passes, so a caller
+    that wants the metrics too needs no pass of its own.
     """
     from mlc.data import build_transforms
 
@@ -150,29 +153,25 @@ def diagnose(
         graph = {"map": real.map, "map_identity": ablated.map, "difference": real.map - ablated.map,
                  "no_graph": model.no_graph_description,
                  "per_class": {"ap": real.ap, "ap_identity": ablated.ap}}
-    return _clean({"map": kind, "input_size": model.image_size, "map_size": map_size, "num_images": len(dataset),
-                   "localization": localization, "flip": consistency["flip"], "scale": consistency.get("scale"),
-                   "graph": graph})
+    result = _clean({"map": kind, "input_size": model.image_size, "map_size": map_size, "num_images": len(dataset),
+                     "localization": localization, "flip": consistency["flip"], "scale": consistency.get("scale"),
+                     "graph": graph})
+    return (result, scores) if return_scores else result
 
 
 def _consistency(squared_error: np.ndarray, cos: np.ndarray, positive: np.ndarray, kind: str) -> dict[str, Any]:
     """Summary of one transform's (N, C) squared errors and cosines (nan: an empty map)."""
     pos_cos = np.where(positive, cos, np.nan)
     return {
-        "cosine": _nanmean(pos_cos.ravel()),
+        "cosine": nanmean(pos_cos.ravel()),
         "la": float(squared_error.mean()),
-        "la_positive": _nanmean(np.where(positive, squared_error, np.nan).ravel()),
+        "la_positive": nanmean(np.where(positive, squared_error, np.nan).ravel()),
         "pairs": int(positive.sum()),
         "empty_pairs": int((positive & np.isnan(cos)).sum()),
         "units": MAP_UNITS.get(kind, kind),
-        "per_class": {"cosine": [_nanmean(pos_cos[:, c]) for c in range(positive.shape[1])],
+        "per_class": {"cosine": [nanmean(pos_cos[:, c]) for c in range(positive.shape[1])],
                       "la": [float(x) for x in squared_error.mean(axis=0)]},
     }
-
-
-def _nanmean(values: np.ndarray) -> float:
-    ok = ~np.isnan(values)
-    return float(values[ok].mean()) if ok.any() else math.nan
 
 
 def disagreement(scores: Mapping[str, np.ndarray], ids: Sequence[str], classes: Sequence[str],

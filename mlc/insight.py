@@ -165,6 +165,13 @@ def _image_index(root: str) -> dict[str, str]:
     return index
 
 
+@lru_cache(maxsize=64)
+def _thumbnail(path: str) -> np.ndarray:
+    """A disputed image at 320 px, decoded once (the Analysis tab shows the same ones every time)."""
+    with Image.open(path) as picture:
+        return display_array(picture.convert("RGB"), side=320)
+
+
 def disagreement_gallery(images: list[dict], data_root: str | None = None) -> tuple[list[tuple[np.ndarray, str]], str]:
     """The disputed images themselves, when the operator points ``MLC_DATA_ROOT`` at the dataset.
     Ids are only looked up among the files found there, never joined into a path."""
@@ -181,9 +188,7 @@ def disagreement_gallery(images: list[dict], data_root: str | None = None) -> tu
         if path is None:
             missing += 1
             continue
-        with Image.open(path) as picture:
-            canvas = display_array(picture.convert("RGB"), side=320)
-        items.append((canvas, f"{im['id']}: {im.get('split_labels')} labels split"))
+        items.append((_thumbnail(path), f"{im['id']}: {im.get('split_labels')} labels split"))
     note = f" {missing} of the images were not found in the dataset folder." if missing else ""
     return items, note
 

@@ -159,7 +159,7 @@ def average_precision(scores: Any, targets: Any, mode: str = "sklearn") -> np.nd
     return ap if mode == "sklearn" else ap_voc
 
 
-def _nanmean(values: np.ndarray) -> float:
+def nanmean(values: np.ndarray) -> float:
     """Mean over non-nan entries; nan (without a warning) when there are none."""
     ok = ~np.isnan(values)
     return float(values[ok].mean()) if ok.any() else math.nan
@@ -170,7 +170,7 @@ def mean_average_precision(scores: Any, targets: Any, mode: str = "sklearn") -> 
 
     Returns nan if no class has a positive.
     """
-    return _nanmean(average_precision(scores, targets, mode))
+    return nanmean(average_precision(scores, targets, mode))
 
 
 def classes_without_positives(targets: Any, classes: Sequence[str] | None = None) -> list[str]:
@@ -292,8 +292,8 @@ def evaluate(scores: Any, targets: Any, classes: Sequence[str] | None = None) ->
     at_half = _threshold_metrics(s, t, 0.5, None)
     top3 = _threshold_metrics(s, t, 0.5, 3)
     return MetricReport(
-        map=_nanmean(ap),
-        map_voc=_nanmean(ap_voc),
+        map=nanmean(ap),
+        map_voc=nanmean(ap_voc),
         ap=[float(x) for x in ap],
         ap_voc=[float(x) for x in ap_voc],
         cp=at_half["CP"],

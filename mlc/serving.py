@@ -795,7 +795,7 @@ def flip_views(model_set: ModelSet, image: Image.Image, method: str, class_name:
     for name, fc in consistency.items():
         c = model_set.methods[name].model.classes.index(chosen)
         cosine, squared_error = float(fc.score[0, c]), float(fc.squared_error[0, c])
-        empty = float(fc.maps[0, c].abs().max()) <= 1e-12 or float(fc.flipped_back[0, c].abs().max()) <= 1e-12
+        empty = bool(fc.empty[0, c])
         rows.append({"method": name, "map": fc.kind, "cosine": None if empty else cosine, "L_A": squared_error,
                      "note": "empty map: no place raises this class's score, so no cosine" if empty else ""})
     c = model_set.methods[shown].model.classes.index(chosen)

@@ -598,8 +598,6 @@ def serving_status(model_set) -> str:
 # -- a public Space: models are the operator's, visitors cannot change them ---------------------------
 @pytest.fixture(scope="session")
 def loading_client(checkpoints):
-    from gradio_client import Client
-
     with serve(checkpoint_dir=checkpoints, allow_loading=True) as url:
         yield url
 

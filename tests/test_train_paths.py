@@ -289,7 +289,7 @@ def test_top_block_finetune_trains_only_the_top_and_saves_only_it(voc_root, tmp_
     assert state["trained_part"] == "top:3"
     rows = json.loads((run / "metrics.json").read_text())
     assert [r["stage"] for r in rows] == [1, 2, 2]
-    model = load_model(run / "model")
+    load_model(run / "model")  # the partial top-only checkpoint loads
     result = json.loads((run / "eval.json").read_text())
     if result["selected_stage"] == 2:
         # the fine-tuned top part is in the model; evaluation on cached bottom maps is exact

@@ -199,21 +199,23 @@ def cmd_evaluate(argv: list[str]) -> int:
     if dataset.classes != model.classes:
         print(f"error: the model's classes differ from those of {args.dataset}/{args.split}", file=sys.stderr)
         return 2
-    dataset = dataset.with_transform(build_transforms(model.image_size, train=False, mean=norm.mean, std=norm.std))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers)
-    scores = []
-    with torch.inference_mode():
-        for images, _ in loader:
-            scores.append(model(images.to(device)).float().sigmoid().cpu())
-    report = evaluate(torch.cat(scores).numpy(), dataset.labels, classes=model.classes)
+    diagnostics = None
+    if args.diagnostics:  # its forward passes give the scores too: one pass over the split, not two
+        diagnostics, scores = diagnose(model, dataset, device, args.batch_size, args.num_workers, seed=args.seed,
+                                       return_scores=True)
+    else:
+        dataset = dataset.with_transform(build_transforms(model.image_size, train=False, mean=norm.mean, std=norm.std))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers)
+        with torch.inference_mode():
+            scores = torch.cat([model(images.to(device)).float().sigmoid().cpu() for images, _ in loader]).numpy()
+    report = evaluate(scores, dataset.labels, classes=model.classes)
     result = {"model": str(args.model), "model_name": model.model_name, "dataset": args.dataset, "split": args.split,
               "num_images": len(dataset), "metrics": report.to_dict()}
     print(f"{model.model_name} on {args.dataset}/{args.split}: mAP {100 * report.map:.2f} (VOC {100 * report.map_voc:.2f}) "
           f"CF1 {100 * report.cf1:.2f} OF1 {100 * report.of1:.2f}")
-    if args.diagnostics:
-        result["diagnostics"] = diagnose(model, dataset.with_transform(None), device, args.batch_size,
-                                         args.num_workers, seed=args.seed)
-        print(diagnostics_line(result["diagnostics"]))
+    if diagnostics is not None:
+        result["diagnostics"] = diagnostics
+        print(diagnostics_line(diagnostics))
     if args.output:
         output = Path(args.output)
         if args.merge and output.is_file():

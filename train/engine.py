@@ -607,7 +607,7 @@ class Trainer:
             from mlc.hub import model_card
 
             if cfg.diagnostics:  # what the selected model's maps and graph do (mlc.diagnostics)
-                result["diagnostics"] = diagnose(best.to(self.device), self.splits.evaluation, self.device,
+                result["diagnostics"] = diagnose(best, self.splits.evaluation, self.device,
                                                  cfg.eval_batch_size, cfg.num_workers, seed=cfg.seed)
             np.savez_compressed(self.run_dir / "eval_scores.npz", scores=scores.astype(np.float32),
                                 targets=targets.astype(np.int8), ids=np.array(self.splits.evaluation.ids))

@@ -46,10 +46,7 @@ def read_split(path: Path) -> list[str]:
 def parse_boxes(path: Path, class_index: dict[str, int]) -> BoxAnnotation:
     """Every object's box (difficult ones too). VOC's 1-based inclusive pixel corners become
     ``[xmin - 1, xmax)``, so a box covering the whole image is [0, width)."""
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as exc:
-        raise DatasetError(f"{path}: cannot read annotation ({exc})") from exc
+    root = _annotation_root(path)
     boxes = []
     for obj in root.iter("object"):
         name, box = (obj.findtext("name") or "").strip(), obj.find("bndbox")
@@ -69,16 +66,19 @@ def parse_boxes(path: Path, class_index: dict[str, int]) -> BoxAnnotation:
     return BoxAnnotation(tuple(boxes), size)
 
 
-def parse_annotation(path: Path, class_index: dict[str, int]) -> np.ndarray:
-    """Label row for one XML: 1 if a non-difficult object of the class, -1 if only difficult ones."""
+def _annotation_root(path: Path) -> ET.Element:
     if not path.is_file():
         raise DatasetError(f"{path}: annotation file not found")
     try:
-        tree = ET.parse(path)
+        return ET.parse(path).getroot()
     except ET.ParseError as exc:
         raise DatasetError(f"{path}: malformed XML ({exc})") from exc
+
+
+def parse_annotation(path: Path, class_index: dict[str, int]) -> np.ndarray:
+    """Label row for one XML: 1 if a non-difficult object of the class, -1 if only difficult ones."""
     row = np.zeros(len(class_index), dtype=np.int8)
-    for obj in tree.getroot().iter("object"):
+    for obj in _annotation_root(path).iter("object"):
         name = (obj.findtext("name") or "").strip()
         if name not in class_index:
             raise DatasetError(f"{path}: unknown class {name!r} (expected one of the VOC classes)")

@@ -30,7 +30,6 @@ class SSGRL(MultiLabelModel):
     @classmethod
     def describe(cls, params: dict, pooling: str) -> str:
         """One paragraph for the model card: what this variant computes, with these hyper-parameters."""
-        pooled = f"globally {pooling}-pooled"
         return (
             "**ssgrl**: semantic-specific graph representation learning (Chen et al. 2019). *Semantic "
             "decoupling*: for every label, an attention map over the feature-map positions, guided by the "
