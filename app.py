@@ -14,6 +14,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home at s
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import functools  # noqa: E402
+from collections import OrderedDict  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import threading  # noqa: E402
@@ -24,10 +25,9 @@ from typing import Any, Callable  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
-from gradio.data_classes import ImageData  # noqa: E402
 
 from mlc import insight, serving  # noqa: E402
-from mlc.serving import ModelSet, RequestError  # noqa: E402
+from mlc.serving import ModelSet, RequestError, fair_queue, uploads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 # the first one opens the page already predicted: a photo on which the methods predict something
@@ -36,26 +36,28 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.jpg"), key=lambda p: (p.name != OP
 log = logging.getLogger("mlc.app")
 
 
-def _upload_path(component: gr.Image, payload: ImageData | None) -> str | None:
-    """The uploaded file's path (a data URL is written to a file first), without opening it."""
-    if payload is None:
-        return None
-    if payload.path is None and payload.url and payload.url.startswith("data:"):
-        from gradio_client.utils import decode_base64_to_file
-
-        return decode_base64_to_file(payload.url, dir=component.GRADIO_CACHE).name
-    return payload.path
+def _upload_path(component: gr.Image, payload: Any) -> str | None:
+    """The image's path, checked (``mlc.serving.uploads``), without opening it."""
+    try:
+        return uploads.upload_path(payload, Path(component.GRADIO_CACHE), keep=component.temp_files.add)
+    except RequestError as err:
+        raise gr.Error(str(err), print_exception=False) from None
 
 
 def image_input(**kwargs: Any) -> gr.Image:
-    """A ``gr.Image`` whose handler gets the upload's path, undecoded.
+    """A ``gr.Image`` whose handler gets the upload's path, checked and undecoded.
 
     Gradio's own preprocessing opens uploads with PIL before the handler runs, so a non-image file
     or a decompression bomb would fail there with a generic error; ``mlc.serving.load_image``
-    decodes instead and explains every failure. The instance's ``preprocess`` is replaced rather
-    than subclassed because Gradio writes a ``.pyi`` stub beside any module defining a component.
+    decodes instead and explains every failure. Gradio's validation of the payload is turned off
+    (after the API schema is cached, so clients still see an image input): ``_upload_path`` checks
+    every payload, also those Gradio would let through unchecked (a bare ``{"path": ...}``), and
+    names what is wrong. The instance is patched rather than subclassed because Gradio writes a
+    ``.pyi`` stub beside any module defining a component.
     """
     image = gr.Image(type="filepath", **kwargs)
+    image.api_info()  # cached: view_api keeps describing an image file
+    image.data_model = None  # type: ignore[assignment]
     image.preprocess = types.MethodType(_upload_path, image)  # type: ignore[method-assign]
     return image
 
@@ -68,7 +70,9 @@ def default_source() -> str:
 ALLOW_LOADING_ENV = "MLC_ALLOW_MODEL_LOADING"  # "1": visitors may load other models, for their session only
 SERVER_CONCURRENCY = 1  # model requests at a time, all endpoints together (the cores are shared)
 QUEUE_MAX = 16  # waiting requests; one more is told the app is busy
-MAX_UPLOAD = "15mb"  # refused at upload, before any handler runs
+MAX_VISITOR_SETS = 4  # visitors' own model sets held at once (opt-in loading); the least recently used is freed
+PER_CLIENT = 2  # waiting requests of one client (its address); served round-robin across clients
+MAX_UPLOAD = f"{uploads.MAX_UPLOAD_BYTES // 2**20}mb"  # refused at upload, before any handler runs (data URLs: in the handler)
 CACHE_SECONDS = (600, 1800)  # uploads and outputs older than 30 min are deleted every 10 min
 
 
@@ -163,9 +167,34 @@ class Handlers:
         self.allow_loading = allow_loading
         self._opening: tuple | None = None
         self._opening_lock = threading.Lock()
+        self._visitor_sets: OrderedDict[int, ModelSet] = OrderedDict()  # live visitor sets, least recent first
+        self._visitor_lock = threading.Lock()
 
     def models_of(self, session: ModelSet | None) -> ModelSet:
-        return session if isinstance(session, ModelSet) else self.models
+        if isinstance(session, ModelSet):
+            with self._visitor_lock:
+                if id(session) in self._visitor_sets:
+                    self._visitor_sets.move_to_end(id(session))
+            return session
+        return self.models
+
+    def keep_visitor_set(self, models: ModelSet, previous: ModelSet | None) -> None:
+        """Hold at most ``MAX_VISITOR_SETS`` visitors' model sets: the least recently used beyond
+        that is freed (its visitor is told to load again); a session's previous set is freed now."""
+        with self._visitor_lock:
+            if isinstance(previous, ModelSet):
+                self._visitor_sets.pop(id(previous), None)
+                previous.release()
+            self._visitor_sets[id(models)] = models
+            while len(self._visitor_sets) > MAX_VISITOR_SETS:
+                self._visitor_sets.popitem(last=False)[1].release()
+
+    def end_session(self, models: ModelSet | None) -> None:
+        """A visitor's session ended (Gradio deletes its state): free its models at once."""
+        if isinstance(models, ModelSet) and models is not self.models:
+            with self._visitor_lock:
+                self._visitor_sets.pop(id(models), None)
+            models.release()
 
     @guarded
     def predict(self, image: Any, threshold: Any, top_k: Any, session: ModelSet | None = None) -> tuple:
@@ -286,6 +315,7 @@ class Handlers:
             return (None, *self.model_choices(None))
         candidate = ModelSet.load(source.strip(), trusted=False)
         if candidate.methods:
+            self.keep_visitor_set(candidate, session)
             return (candidate, *self.model_choices(candidate))
         problems = "; ".join(f"{k}: {v}" for k, v in candidate.problems.items())
         raise RequestError(f"No model could be loaded from that source ({problems}). "
@@ -366,7 +396,8 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
     busy = dict(concurrency_limit=SERVER_CONCURRENCY, concurrency_id="models")  # one limit for every model endpoint
 
     with gr.Blocks(title="mlc: multi-label classification with label graphs", delete_cache=CACHE_SECONDS) as demo:
-        session = gr.State(None)  # this visitor's own models (only with allow_loading), else None
+        # this visitor's own models (only with allow_loading), else None; freed when the session ends
+        session = gr.State(None, delete_callback=handlers.end_session)
         gr.Markdown(_intro())
         with gr.Accordion("Models", open=False):
             model_status = gr.Markdown(status, elem_id="model-status")
@@ -490,16 +521,27 @@ def _dropdown(update: dict) -> dict:
     return {key: update[key] for key in ("choices", "value", "visible") if key in update}
 
 
-def launch(demo: gr.Blocks, port: int | None = None, server_name: str | None = None, **kwargs: Any) -> gr.Blocks:
+def launch(demo: gr.Blocks, port: int | None = None, server_name: str | None = None,
+           client_key: fair_queue.ClientKey | None = None, **kwargs: Any) -> gr.Blocks:
     """Queue (``SERVER_CONCURRENCY`` model requests at a time over all endpoints, at most
-    ``QUEUE_MAX`` waiting) and serve, uploads capped at ``MAX_UPLOAD``; by default on 0.0.0.0 and
-    PORT / GRADIO_SERVER_PORT / 7860."""
+    ``QUEUE_MAX`` waiting, at most ``PER_CLIENT`` of them from one client, served round-robin across
+    clients, abandoned ones dropped: ``mlc.serving.fair_queue``) and serve, uploads capped at
+    ``MAX_UPLOAD``; by default on 0.0.0.0 and PORT / GRADIO_SERVER_PORT / 7860.
+
+    ``client_key`` (a request -> a key) says who a request comes from; by default the peer
+    address, or the header named by ``MLC_CLIENT_HEADER`` (X-Forwarded-For on a Space)."""
+    from starlette.middleware import Middleware
+
     port = port or int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860)
     server_name = server_name or os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0")
     kwargs.setdefault("max_file_size", MAX_UPLOAD)
     kwargs.setdefault("css", PHONE_CSS)
-    demo.queue(default_concurrency_limit=SERVER_CONCURRENCY, max_size=QUEUE_MAX).launch(
-        server_name=server_name, server_port=port, **kwargs)
+    demo.queue(default_concurrency_limit=SERVER_CONCURRENCY, max_size=QUEUE_MAX)
+    tracker = fair_queue.StreamTracker()
+    fair_queue.FairQueue.install(demo._queue, tracker, per_client=PER_CLIENT, client_key=client_key)
+    app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(tracker.middleware)]
+    demo.launch(server_name=server_name, server_port=port, app_kwargs=app_kwargs, **kwargs)
     return demo
 
 

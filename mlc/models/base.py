@@ -283,8 +283,7 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
         try:
             model_cls = get_model_class(config["model_name"])
             classes = config["classes"]
-            if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
-                raise CheckpointError("the model config's 'classes' must be a non-empty list of names")
+            check_class_names(classes)
             if pretrained_backbone is None:  # rebuilt from packaged weights unless all of it is stored
                 pretrained_backbone = (not config.get("backbone_in_checkpoint", True)
                                        or top_cut(config.get("backbone_trained")) is not None)
@@ -419,6 +418,20 @@ def _hub_files(model_id, revision, cache_dir, force_download, token, local_files
         raise CheckpointError(
             f"{model_id}: no such local model folder, and the Hub could not provide it ({type(err).__name__}: {reason[:200]})"
         ) from None
+
+
+def check_class_names(classes: Any) -> None:
+    """Class names as every consumer needs them: distinct, non-empty, printable text (predict tables
+    are indexed by name; a control character would break a table or a log line)."""
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c.strip() for c in classes):
+        raise CheckpointError("the model config's 'classes' must be a non-empty list of names")
+    odd = [c for c in classes if not c.isprintable() or len(c) > 100]
+    if odd:
+        raise CheckpointError(f"class name {odd[0][:40]!r} has control characters or is over 100 characters")
+    seen: set[str] = set()
+    twice = [c for c in classes if c in seen or seen.add(c)]
+    if twice:
+        raise CheckpointError(f"the class name {twice[0]!r} appears more than once in 'classes'")
 
 
 def load_model(path_or_repo_id: str | Path, **kwargs: Any) -> MultiLabelModel:

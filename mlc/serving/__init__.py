@@ -19,6 +19,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import torch
@@ -30,10 +31,11 @@ from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin
 from torch import nn
 
 from mlc import graph as label_graph
-from mlc.data.base import to_rgb
 from mlc.data.transforms import build_transforms
 from mlc.explain import explanation_maps, flip_consistency, map_to_image, normalize_map, overlay
 from mlc.models import MultiLabelModel, load_model
+from mlc.serving.errors import RequestError
+from mlc.serving.images import MAX_DECODE_PIXELS, MAX_SIDE, DecodedImage, load_image  # noqa: F401
 from mlc.stats import LabelStatistics
 
 VARIANTS: tuple[str, ...] = ("baseline", "ggnn", "ssgrl", "mlgcn", "gcam")
@@ -50,92 +52,7 @@ GROUP_COLORS: dict[str, str] = {
 }
 METHOD_COLORS: dict[str, str] = dict(zip(VARIANTS, ("tab:gray", "tab:purple", "tab:brown", "tab:blue", "tab:orange")))
 
-MAX_FILE_BYTES = 50 * 2**20
-MAX_DECODE_PIXELS = 40_000_000  # ~160 MB as RGBA; JPEGs are shrunk while decoding, before this check
-MAX_SIDE = 1024  # decoded images are downscaled to this; the models see 224-448 px
 DISPLAY_SIDE = 448  # overlays are drawn at this size
-TINY_SIDE = 32
-
-
-class RequestError(ValueError):
-    """A request the app cannot serve (bad image, unknown class, no model); the message is shown as is."""
-
-
-# -- images ---------------------------------------------------------------------------------------
-@dataclass
-class DecodedImage:
-    """An upload as RGB at most ``MAX_SIDE`` px, with its original size for the status line."""
-
-    image: Image.Image
-    original_size: tuple[int, int]
-
-    @property
-    def note(self) -> str:
-        w, h = self.original_size
-        if min(w, h) < TINY_SIDE:
-            return f"The image is only {w} x {h} pixels; it was upscaled, so expect unreliable scores."
-        if self.image.size != self.original_size:
-            return f"The {w} x {h} image was downscaled to {self.image.width} x {self.image.height} before resizing."
-        return ""
-
-
-def _megapixels(size: tuple[int, int]) -> str:
-    return f"{size[0]} x {size[1]} pixels ({size[0] * size[1] / 1e6:.0f} MP)"
-
-
-def _open_header(path: Path) -> Image.Image:
-    """Open without decoding pixels. PIL refuses images over its bomb limit already here, before a
-    JPEG could be asked to decode at 1/8 scale, so those are reopened with the JPEG plugin directly."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(path)
-    except Image.UnidentifiedImageError:
-        raise RequestError("The file is not an image that can be read (PNG, JPEG, WebP, BMP, TIFF, GIF ...).") from None
-    except Image.DecompressionBombError:
-        with open(path, "rb") as f:
-            magic = f.read(8)
-        if magic.startswith(b"\xff\xd8\xff"):
-            return JpegImagePlugin.JpegImageFile(str(path))
-        if magic == b"\x89PNG\r\n\x1a\n":
-            with PngImagePlugin.PngImageFile(str(path)) as png:
-                raise RequestError(f"The image is too large to decode safely: {_megapixels(png.size)}. "
-                                   "Please downscale it (or send it as a JPEG).") from None
-        raise RequestError("The image is too large to decode safely. Please downscale it.") from None
-
-
-def _decode(image: Image.Image, max_side: int) -> Image.Image:
-    """Decode pixels, letting JPEG skip detail (DCT scaling) and refusing what would exhaust memory."""
-    image.draft(image.mode, (max_side, max_side))  # no-op except for JPEG
-    if image.width * image.height > MAX_DECODE_PIXELS:
-        raise RequestError(f"The image is too large to decode safely: {_megapixels(image.size)}; the limit is "
-                           f"{MAX_DECODE_PIXELS / 1e6:.0f} MP. Please downscale it (or send it as a JPEG).")
-    image.load()
-    rgb = to_rgb(ImageOps.exif_transpose(image))
-    rgb.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return rgb
-
-
-def load_image(path: str | Path, max_side: int = MAX_SIDE) -> DecodedImage:
-    """Decode an upload ourselves, so every failure (not an image, truncated, huge) is a clear RequestError."""
-    path = Path(path)
-    if not path.is_file():
-        raise RequestError("No image was received. Upload an image first.")
-    size = path.stat().st_size
-    if size == 0:
-        raise RequestError("The uploaded file is empty.")
-    if size > MAX_FILE_BYTES:
-        raise RequestError(f"The file is {size / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES / 2**20:.0f} MB.")
-    try:
-        with _open_header(path) as image:
-            original = image.size
-            return DecodedImage(_decode(image, max_side), original)
-    except RequestError:
-        raise
-    except Image.DecompressionBombError as err:
-        raise RequestError(f"The image is too large to decode safely ({err}). Please downscale it.") from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as err:
-        raise RequestError(f"The image could not be decoded: the file is truncated or corrupt ({err}).") from None
 
 
 @lru_cache(maxsize=8)
@@ -269,16 +186,45 @@ MAX_VISITOR_REPO_BYTES = 200 * 2**20
 HUB_PATTERNS = ["*config.json", "*eval.json", "*model.safetensors", "report.json"]
 
 
+MAX_VISITOR_IMAGE_SIZE = 640  # 448 and the papers' 576 still load; 3000 px would cost gigabytes a request
+MAX_VISITOR_CLASSES = 1000
+MAX_VISITOR_EMBEDDING = 1024
+
+
+def check_visitor_config(config: Any) -> None:
+    """What a visitor's config.json may ask of the server: an offline backbone, bounded sizes, and
+    a graph and embeddings that fit its classes. Checked before any tensor is built."""
+    if not isinstance(config, dict):
+        raise RequestError("not a saved mlc model (config.json is not an object)")
+    backbone = config.get("backbone")
+    if backbone not in OFFLINE_BACKBONES:  # a visitor's source must not make the server download weights
+        raise RequestError(f"its backbone is not one of {', '.join(OFFLINE_BACKBONES)} (would need a download)")
+    size = config.get("image_size", 224)
+    if not isinstance(size, int) or isinstance(size, bool) or not 32 <= size <= MAX_VISITOR_IMAGE_SIZE:
+        raise RequestError(f"image_size must be a whole number from 32 to {MAX_VISITOR_IMAGE_SIZE}, got {str(size)[:20]}")
+    classes = config.get("classes")
+    if not isinstance(classes, list) or not 1 <= len(classes) <= MAX_VISITOR_CLASSES:
+        raise RequestError(f"classes must be a list of 1 to {MAX_VISITOR_CLASSES} names")
+    n = len(classes)
+    embeddings = config.get("embeddings")
+    if embeddings is not None:
+        shape = np.shape(np.asarray(embeddings, dtype=object))
+        if len(shape) != 2 or shape[0] != n or not 1 <= shape[1] <= MAX_VISITOR_EMBEDDING:
+            raise RequestError(f"embeddings must be {n} rows of at most {MAX_VISITOR_EMBEDDING} numbers (one per class)")
+    for key, value in (config.get("graph") or {}).items():
+        if value is not None and np.shape(np.asarray(value, dtype=object)) != (n, n):
+            raise RequestError(f"graph {key!r} must be {n} x {n} (one row and column per class)")
+
+
 def _load_method(name: str, folder: Path, trusted: bool = True) -> Method:
     if not folder.is_dir():
         raise RequestError(f"missing: no {name}/ folder")
-    if not trusted:  # a visitor's source must not make the server download backbone weights
+    if not trusted:
         try:
-            backbone = json.loads((folder / "config.json").read_text()).get("backbone")
-        except (OSError, ValueError, AttributeError):
+            config = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
             raise RequestError("not a saved mlc model (config.json missing or unreadable)") from None
-        if backbone not in OFFLINE_BACKBONES:
-            raise RequestError(f"its backbone is not one of {', '.join(OFFLINE_BACKBONES)} (would need a download)")
+        check_visitor_config(config)
     model = load_model(folder).eval()
     evaluation, note = _read_evaluation(folder)
     return Method(name, model, evaluation, note)
@@ -408,9 +354,17 @@ class ModelSet:
                 methods[name] = _load_method(name, folder, trusted)
             except Exception as err:  # a broken checkpoint must not take the others down
                 problems[name] = public_problem(err, root, trusted)
-        if not methods and not trusted:  # a folder with nothing to load reads like a missing one
+        if not methods and not trusted and all(p.startswith("missing:") for p in problems.values()):
+            # a folder with nothing to load reads like a missing one
             problems = {"source": "not a model folder here, nor a Hub repo id (user/name[@revision])"}
         return cls(methods, problems, text, _read_report(root))
+
+    def release(self) -> None:
+        """Free the models (a visitor's set, when the session ends or is evicted): what remains is empty."""
+        self.methods.clear()
+        self.shared.clear()
+        self.__dict__.pop("tsne", None)
+        self.problems = {"source": "these models were unloaded to free memory; load them again"}
 
     @property
     def display_source(self) -> str:
@@ -492,10 +446,10 @@ class ModelSet:
             if key in cache and Path(cache[key]).is_file():
                 cache.move_to_end(key)
                 return cache[key]
-        fig = make()
         folder = self.__dict__.setdefault("_figure_dir", tempfile.mkdtemp(prefix="mlc-figures-"))
         path = str(Path(folder) / f"{abs(hash(key)):x}.png")
-        fig.savefig(path, dpi=100)
+        with matplotlib.rc_context({"text.parse_math": False}):  # a "$" in a class name is text, not math
+            make().savefig(path, dpi=100)
         with self._figure_lock:
             cache[key] = path
             same_kind = [k for k in cache if k[0] == key[0]]
