@@ -540,7 +540,11 @@ def launch(demo: gr.Blocks, port: int | None = None, server_name: str | None = N
     tracker = fair_queue.StreamTracker()
     fair_queue.FairQueue.install(demo._queue, tracker, per_client=PER_CLIENT, client_key=client_key)
     app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
-    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(tracker.middleware)]
+    body_limit = uploads.limit_request_body(uploads.MAX_UPLOAD_BYTES * 4 // 3 + 2**20)  # a capped data URL fits
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(tracker.middleware), Middleware(body_limit)]
+    # _frontend=False skips Gradio's start-up probe of its own page (a HEAD with a 3 s timeout, meant
+    # for notebooks), which kills the app when a busy machine renders the first page slower than that
+    kwargs.setdefault("_frontend", False)
     demo.launch(server_name=server_name, server_port=port, app_kwargs=app_kwargs, **kwargs)
     return demo
 

@@ -38,12 +38,14 @@ def wait_for(url: str, proc: subprocess.Popen, timeout: float = 180) -> float:
 
 
 @contextmanager
-def app_process(checkpoints: str | Path) -> Iterator[tuple[subprocess.Popen, str, float]]:
-    """``python app.py`` serving ``checkpoints``: (process, url, seconds until the first page); stopped after."""
+def app_process(checkpoints: str | Path, root: Path = ROOT,
+                env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen, str, float]]:
+    """``python app.py`` of ``root`` (another checkout, to compare) serving ``checkpoints``:
+    (process, url, seconds until the first page); stopped after."""
     port = free_port()
     env = {**os.environ, **OFFLINE, "PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "MLC_CHECKPOINTS": str(checkpoints)}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], env=env, cwd=ROOT,
+           "MLC_CHECKPOINTS": str(checkpoints), **(env or {})}
+    proc = subprocess.Popen([sys.executable, str(Path(root) / "app.py")], env=env, cwd=root,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}/"

@@ -87,6 +87,12 @@ def test_a_data_url_over_the_cap_is_refused_before_decoding(url):
     body = "data:image/jpeg;base64," + "A" * (4 * (app.uploads.MAX_UPLOAD_BYTES // 3 + 1024))
     kind, message = call(url, "predict", [{"url": body}, 0.5, 5])
     assert kind == "error" and "the limit is 15 MB" in message, message
+    huge = body + "A" * (8 * 2**20)  # past the request cap: refused while it arrives, before parsing
+    kind, message = call(url, "predict", [{"url": huge}, 0.5, 5])
+    assert kind == "refused" and "Request body over 21 MB" in message, message
+    chunks = (huge[i:i + 2**20].encode() for i in range(0, len(huge), 2**20))  # no content-length: cut short
+    r = httpx.post(f"{url}gradio_api/queue/join", content=chunks, headers={"content-type": "application/json"})
+    assert r.status_code in (400, 413)  # FastAPI reports the cut as a body it could not parse
 
 
 def test_a_small_data_url_is_predicted_and_cleaned_up_like_an_upload(url, photo, tmp_path):  # noqa: F811

@@ -82,3 +82,49 @@ def upload_path(payload: Any, folder: Path | None = None, keep: Callable[[str], 
     if not is_upload(path):
         raise RequestError(NOT_AN_UPLOAD)
     return path
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def limit_request_body(max_bytes: int, paths: tuple[str, ...] = ("/queue/join", "/call/")) -> Callable:
+    """ASGI middleware: a POST to the queue API whose body exceeds ``max_bytes`` is refused with 413
+    while it arrives, before it is parsed (a 56 MB JSON body grew the app by 167 MB in its parser).
+    Uploads have their own cap at ``/upload``; this one holds inline data (data URLs) to it."""
+    import json
+
+    async def refuse(send: Callable) -> None:
+        body = json.dumps({"detail": f"Request body over {max_bytes / 2**20:.0f} MB; images over "
+                                     f"{MAX_UPLOAD_BYTES / 2**20:.0f} MB are refused."}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def middleware(app: Callable) -> Callable:
+        async def limited(scope: dict, receive: Callable, send: Callable) -> None:
+            if scope.get("type") != "http" or scope.get("method") != "POST" or not any(
+                    p in scope.get("path", "") for p in paths):
+                return await app(scope, receive, send)
+            length = dict(scope.get("headers") or []).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > max_bytes:
+                return await refuse(send)
+            received = 0
+
+            async def counted() -> dict:
+                nonlocal received
+                message = await receive()
+                if message.get("type") == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > max_bytes:
+                        raise _BodyTooLarge
+                return message
+
+            try:
+                await app(scope, counted, send)
+            except _BodyTooLarge:  # raised while the body is read: no response has started
+                await refuse(send)
+
+        return limited
+
+    return middleware
