@@ -451,7 +451,7 @@ class Trainer:
         state = {
             "epoch": epoch, "stage": self.current_stage, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "history": vars(history), "backbone_trained": self.model.backbone_trained,
+            "history": _plain(vars(history)), "backbone_trained": self.model.backbone_trained,
             "trained_part": self.trained_part,
         }
         tmp = self.run_dir / (CHECKPOINT + ".tmp")
@@ -459,9 +459,28 @@ class Trainer:
         tmp.replace(self.run_dir / CHECKPOINT)
 
     def load_checkpoint(self) -> tuple[int, History]:
-        state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
+        """Restore a run from its checkpoint. Read with ``weights_only=True`` (tensors, dicts, lists,
+        numbers, strings): a checkpoint someone hands you cannot run code. A file that is not such a
+        checkpoint, or does not fit this run, is refused (ValueError: one line) before anything changes."""
+        path = self.run_dir / CHECKPOINT
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as err:  # noqa: BLE001  (pickle, zip and EOF errors alike: all mean "not loadable")
+            raise ValueError(f"{path} is not a checkpoint that can be loaded safely ({_load_error_reason(err)}); "
+                             "remove it to start afresh, or run without --resume") from None
+        try:
+            return self._restore(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
+            raise ValueError(f"{path} does not fit this run ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:200] if str(err) else 'bad entry'}); "
+                             "remove it to start afresh, or run without --resume") from None
+
+    def _restore(self, state: dict[str, Any]) -> tuple[int, History]:
+        if not isinstance(state, dict):
+            raise TypeError(f"it holds a {type(state).__name__}, not a dict")
+        epoch = int(state["epoch"])
         self.model.load_state_dict(state["model"])
-        stage, _ = self.stage_of(state["epoch"]) if state["epoch"] < self.total_epochs else (None, None)
+        stage, _ = self.stage_of(epoch) if epoch < self.total_epochs else (None, None)
         if stage is not None and stage.index == state["stage"]:  # resume inside the same stage
             self.enter_stage(stage)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -471,7 +490,7 @@ class Trainer:
             self.model.backbone_trained = state["backbone_trained"]
         else:  # checkpoints written before top-block fine-tuning existed
             self.model.backbone_is_pretrained = state["backbone_is_pretrained"]
-        return state["epoch"], History(**state["history"])
+        return epoch, History(**state["history"])
 
     def write_metrics(self, history: History, writer) -> None:
         """metrics.csv / metrics.json rewritten whole from the history (atomic): after a kill and
@@ -500,18 +519,18 @@ class Trainer:
         cfg, env = self.config, self.env
         started = time.perf_counter()
         self.build()
+        start_epoch, history = 0, History()
+        resuming = resume and (self.run_dir / CHECKPOINT).is_file()
+        if resuming:  # before the folder changes: a refused checkpoint leaves it as it was
+            start_epoch, history = self.load_checkpoint()
         if env.is_main:
+            if not resume:
+                for stale in ("metrics.csv", "metrics.json", CHECKPOINT, "eval.json", "eval_scores.npz"):
+                    (self.run_dir / stale).unlink(missing_ok=True)
+                shutil.rmtree(self.run_dir / "model_stage1", ignore_errors=True)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
             self.split_info.save(self.run_dir / "split.json")
-        start_epoch, history = 0, History()
-        has_checkpoint = (self.run_dir / CHECKPOINT).is_file()
-        if resume and has_checkpoint:
-            start_epoch, history = self.load_checkpoint()
-        elif env.is_main and not resume:
-            for stale in ("metrics.csv", "metrics.json", CHECKPOINT, "eval.json", "eval_scores.npz"):
-                (self.run_dir / stale).unlink(missing_ok=True)
-            shutil.rmtree(self.run_dir / "model_stage1", ignore_errors=True)
         env.barrier()
         writer = None
         if env.is_main:
@@ -618,3 +637,22 @@ class Trainer:
             card = model_card(config, result, cfg.to_dict(), self.split_info.summary(), repo_id=None)
             (self.run_dir / "model" / "README.md").write_text(card)
         return result
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers, so ``torch.load(weights_only=True)`` accepts it."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _load_error_reason(err: BaseException) -> str:
+    """A short reason why ``torch.load`` refused a file (its messages run to several paragraphs)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    code = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    if code:  # weights_only refused a global: the file asks to import or call something
+        return f"it asks to run code: {code[0][:160]}"
+    first = lines[0].split(". ")[0] if lines else ""
+    return f"{type(err).__name__}: {first[:160]}" if first else type(err).__name__

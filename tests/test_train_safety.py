@@ -1,0 +1,59 @@
+"""The training CLI against hostile or careless input (issue 16, items 9-14): a checkpoint that
+would run code, a group that leaves the output folder, a device that is not there, a folder
+holding an earlier run, stale feature caches, and `train evaluate` on a single CSV file."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from fixtures import make_voc
+from test_train import tiny_args
+from test_train_paths import error_line
+from train.cli import main
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory) -> Path:
+    return make_voc(tmp_path_factory.mktemp("voc"), n_train=24, n_val=8, image_size=64)
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+class _Payload:
+    """Unpickling this calls ``os.makedirs(marker)``: a stand-in for any code a crafted file runs."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+# -- item 9: --resume reads the checkpoint with weights_only=True ------------------------------
+@pytest.mark.parametrize("tamper", ["code", "truncated", "not a dict"])
+def test_resume_refuses_a_tampered_checkpoint_without_running_it(voc_root, tmp_path, capsys, tamper):
+    args = ["fit", "--variant", "baseline", *tiny_args(voc_root, tmp_path, "g", stage1_epochs=1, stage2_epochs=1)]
+    assert main(args) == 0
+    run = tmp_path / "g" / "baseline"
+    checkpoint = run / "checkpoint.pt"
+    assert torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"] == 2  # what it writes loads safely
+    marker = tmp_path / "payload-ran"
+    if tamper == "code":
+        torch.save({"epoch": 1, "payload": _Payload(marker)}, checkpoint)
+    elif tamper == "truncated":
+        data = checkpoint.read_bytes()
+        checkpoint.write_bytes(data[: len(data) // 2])
+    else:
+        torch.save([torch.zeros(3)], checkpoint)
+    before = _snapshot(run)
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 2
+    line = error_line(capsys)
+    assert str(checkpoint) in line and "without --resume" in line
+    assert ("run code" in line) == (tamper == "code")
+    assert not marker.exists()
+    assert _snapshot(run) == before  # refused before anything in the run folder changed
