@@ -57,3 +57,30 @@ def test_resume_refuses_a_tampered_checkpoint_without_running_it(voc_root, tmp_p
     assert ("run code" in line) == (tamper == "code")
     assert not marker.exists()
     assert _snapshot(run) == before  # refused before anything in the run folder changed
+
+
+# -- item 12: a new run in a used folder never mixes with the earlier run ---------------------
+def test_a_new_run_in_a_used_folder_clears_the_earlier_one_and_says_so(voc_root, tmp_path, capsys):
+    args = ["fit", "--variant", "baseline", *tiny_args(voc_root, tmp_path, "g")]
+    assert main(args + ["--stage1-epochs", "1", "--stage2-epochs", "1"]) == 0
+    run = tmp_path / "g" / "baseline"
+    assert (run / "model_stage1").is_dir()
+    capsys.readouterr()
+    # no stage 1 this time: the earlier run's model/ must not become this run's stage-1 model
+    assert main(args + ["--stage1-epochs", "0", "--stage2-epochs", "1"]) == 0
+    note = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:") and "earlier run" in line]
+    assert len(note) == 1 and "model/" in note[0] and "metrics.csv" in note[0], note
+    assert not (run / "model_stage1").exists()
+    result = json.loads((run / "eval.json").read_text())
+    assert result["stage1"] is None and result["selected_stage"] == 2
+    assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1]
+    assert len(list((run / "tensorboard").iterdir())) == 1  # no events of the earlier run
+
+    # --resume without a checkpoint starts afresh the same way; with one it continues
+    (run / "checkpoint.pt").unlink()
+    assert main(args + ["--stage1-epochs", "1", "--stage2-epochs", "0", "--resume"]) == 0
+    assert "--resume found no checkpoint.pt" in capsys.readouterr().err
+    assert [r["stage"] for r in json.loads((run / "metrics.json").read_text())] == [1]
+    assert main(args + ["--stage1-epochs", "2", "--stage2-epochs", "0", "--resume"]) == 0
+    assert "earlier run" not in capsys.readouterr().err
+    assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1, 2]

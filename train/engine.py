@@ -20,6 +20,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,9 @@ from train.distributed import DistEnv
 from train.features import FeatureSet, cache_key, cached_tensor, extract_view, gather_rows, part_tag
 
 CHECKPOINT = "checkpoint.pt"
+# what a run writes into its folder besides config.yaml / split.json (rewritten at its start)
+RUN_OUTPUTS = ("model", "model_stage1", "metrics.csv", "metrics.json", CHECKPOINT, CHECKPOINT + ".tmp",
+               "eval.json", "eval_scores.npz", "tensorboard")
 LOG_EVERY = 20  # steps between progress-bar updates (each reads the loss from the device)
 
 
@@ -524,10 +528,8 @@ class Trainer:
         if resuming:  # before the folder changes: a refused checkpoint leaves it as it was
             start_epoch, history = self.load_checkpoint()
         if env.is_main:
-            if not resume:
-                for stale in ("metrics.csv", "metrics.json", CHECKPOINT, "eval.json", "eval_scores.npz"):
-                    (self.run_dir / stale).unlink(missing_ok=True)
-                shutil.rmtree(self.run_dir / "model_stage1", ignore_errors=True)
+            if not resuming:
+                self.clear_earlier_run(resume)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
             self.split_info.save(self.run_dir / "split.json")
@@ -567,6 +569,25 @@ class Trainer:
         if writer is not None:
             writer.close()
         return self.final_evaluation(history, time.perf_counter() - started)
+
+    def clear_earlier_run(self, resume: bool) -> None:
+        """A run starting afresh removes what an earlier run left in its folder (the files this run
+        rewrites), and says so: a stale ``model/`` would otherwise become this run's stage-1 model,
+        old metrics and TensorBoard events would mix with the new ones."""
+        removed = []
+        for name in RUN_OUTPUTS:
+            path = self.run_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+                removed.append(name + "/")
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+                removed.append(name)
+        for partial in self.run_dir.glob(".model*"):  # what a save killed half-way left (.model.partial-*, .model.old)
+            shutil.rmtree(partial, ignore_errors=True)
+        if removed:
+            why = "--resume found no checkpoint.pt to continue from" if resume else "a new run (no --resume)"
+            print(f"note: {self.run_dir} held an earlier run; {why}: removed {', '.join(removed)}", file=sys.stderr)
 
     def snapshot_stage1(self) -> None:
         """Keep the best frozen-backbone model as ``model_stage1/`` before stage 2 may replace
