@@ -84,3 +84,16 @@ def test_a_new_run_in_a_used_folder_clears_the_earlier_one_and_says_so(voc_root,
     assert main(args + ["--stage1-epochs", "2", "--stage2-epochs", "0", "--resume"]) == 0
     assert "earlier run" not in capsys.readouterr().err
     assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1, 2]
+
+
+# -- item 10: --group stays inside the output folder ------------------------------------------
+@pytest.mark.parametrize("group", ["../..", "../elsewhere", "a/../../b", "<absolute>"])
+def test_group_that_leaves_the_output_folder_is_refused(voc_root, tmp_path, capsys, group):
+    out = tmp_path / "deep" / "runs"
+    out.mkdir(parents=True)
+    group = str(tmp_path / "absolute") if group == "<absolute>" else group
+    args = ["fit", "--variant", "baseline", *tiny_args(voc_root, out, group, stage1_epochs=1, stage2_epochs=0)]
+    assert main(args) == 2
+    line = error_line(capsys)
+    assert "group" in line and repr(group) in line
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [Path("deep"), Path("deep/runs")]
