@@ -97,3 +97,24 @@ def test_group_that_leaves_the_output_folder_is_refused(voc_root, tmp_path, caps
     line = error_line(capsys)
     assert "group" in line and repr(group) in line
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [Path("deep"), Path("deep/runs")]
+
+
+# -- item 11: a device the machine lacks -------------------------------------------------------
+@pytest.mark.parametrize("device, gpus, available", [
+    ("cuda:7", 1, "cpu, cuda:0"),  # a GPU machine with one GPU
+    ("cuda", 0, "cpu"),  # no GPU at all
+    ("cuda:1", 0, "cpu"),
+    ("gpu", 0, "cpu"),  # not a device name
+])
+def test_unavailable_device_gives_one_line_naming_the_available_ones(voc_root, tmp_path, capsys, monkeypatch,
+                                                                     device, gpus, available):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    args = ["fit", "--variant", "baseline", *tiny_args(voc_root, tmp_path, "dev", stage1_epochs=1, stage2_epochs=0)]
+    assert main(args + ["--device", device]) == 2
+    line = error_line(capsys)
+    assert repr(device) in line and line.endswith(f"available: {available}")
+    assert not (tmp_path / "dev").exists()
+    assert main(["evaluate", "--model", str(tmp_path / "any"), "--data-root", str(voc_root), "--device", device]) == 2
+    assert line == error_line(capsys)
