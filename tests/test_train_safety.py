@@ -118,3 +118,71 @@ def test_unavailable_device_gives_one_line_naming_the_available_ones(voc_root, t
     assert not (tmp_path / "dev").exists()
     assert main(["evaluate", "--model", str(tmp_path / "any"), "--data-root", str(voc_root), "--device", device]) == 2
     assert line == error_line(capsys)
+
+
+# -- item 13: the feature cache key names everything that changes the features ----------------
+def _changed_tiny(change: str):
+    """The "tiny" backbone with other weights, or another normalization, under the same name."""
+    from mlc.models import backbones
+
+    original = backbones._tiny
+
+    def tiny(pretrained: bool):
+        backbone = original(pretrained)
+        if change == "weights":
+            generator = torch.Generator().manual_seed(123)
+            with torch.no_grad():
+                for p in backbone.parameters():
+                    p.add_(torch.randn(p.shape, generator=generator) * 0.5)
+        else:
+            backbone.normalization = backbones.Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+        return backbone
+
+    return tiny
+
+
+@pytest.mark.parametrize("change", ["weights", "normalization"])
+def test_runs_differing_only_in_weights_or_transform_do_not_share_cached_features(voc_root, tmp_path, monkeypatch,
+                                                                                  change):
+    import numpy as np
+
+    from mlc.data import build_dataset, build_transforms
+    from mlc.models import backbones, load_model
+
+    cache = tmp_path / "cache"
+    args = ["fit", "--variant", "baseline",
+            *tiny_args(voc_root, tmp_path, "a", stage1_epochs=1, stage2_epochs=0, diagnostics="false"),
+            "--cache-dir", str(cache)]
+    assert main(args) == 0
+    first = sorted(p.name for p in cache.glob("*.pt"))
+    monkeypatch.setattr(backbones, "_tiny", _changed_tiny(change))
+    assert main(args + ["--group", "b"]) == 0
+    assert len(list(cache.glob("*.pt"))) == 2 * len(first)  # none of the first run's features reused
+    # the second run's eval scores (from its cached features) are its saved model's own forward passes
+    run = tmp_path / "b" / "baseline"
+    model = load_model(run / "model").eval()
+    norm = model.normalization
+    dataset = build_dataset("voc2007", voc_root, "val").with_transform(
+        build_transforms(64, train=False, mean=norm.mean, std=norm.std))
+    with torch.no_grad():
+        expected = model(torch.stack([dataset[i][0] for i in range(len(dataset))])).sigmoid().numpy()
+    saved = np.load(run / "eval_scores.npz")
+    assert saved["ids"].tolist() == dataset.ids
+    np.testing.assert_allclose(saved["scores"], expected, atol=1e-5)
+
+
+def test_cache_key_changes_with_every_input(voc_root, tmp_path):
+    from mlc.data import build_dataset, build_transforms
+    from train.features import cache_key
+
+    dataset = build_dataset("voc2007", voc_root, "val").with_transform(build_transforms(64, train=False))
+    base = dict(weights="tiny:abc", part="full", image_size=64, dataset=dataset, view="image", view_size=64)
+    key = cache_key(**base)
+    other = build_transforms(64, train=False, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    variants = [dict(weights="tiny:abd"), dict(part="bottom3"), dict(image_size=96), dict(view="flip"),
+                dict(view_size=56), dict(dataset=dataset.with_transform(other)), dict(precision="bf16")]
+    keys = [cache_key(**{**base, **change}) for change in variants]
+    assert key == cache_key(**base) and key not in keys and len(set(keys)) == len(keys)
+    image = Path(dataset.image_paths[0])
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))  # the file was replaced
+    assert cache_key(**base) != key

@@ -43,7 +43,9 @@ from mlc.stats import label_statistics
 from train.config import TrainConfig, save_config
 from train.data import build_splits, verify_images
 from train.distributed import DistEnv
-from train.features import FeatureSet, cache_key, cached_tensor, extract_view, gather_rows, part_tag
+from train.features import (
+    FeatureSet, cache_key, cached_tensor, extract_view, gather_rows, part_tag, weights_digest,
+)
 
 CHECKPOINT = "checkpoint.pt"
 # what a run writes into its folder besides config.yaml / split.json (rewritten at its start)
@@ -317,9 +319,14 @@ class Trainer:
         if not usable or (model_cut is not None and (cut is None or cut > model_cut)):
             raise RuntimeError(f"the {part_tag(cut)} features of a backbone trained as {trained!r} "
                                "are not its pretrained ones and cannot be cached")
-        weights = f"{cfg.backbone}:" + ("pretrained" if cfg.pretrained else f"init-seed{cfg.seed}")
+        state = model.backbone.state_dict()
+        if cut is not None:  # only the bottom is cached: the top's weights do not change its maps
+            top = model.backbone.top_state_names(cut)
+            state = {k: v for k, v in state.items() if k not in top}
+        weights = f"{cfg.backbone}:{weights_digest(state)}"
         probe = model.view_images(torch.zeros(1, 3, cfg.image_size, cfg.image_size), view)
-        key = cache_key(weights, part_tag(cut), cfg.image_size, dataset, view, probe.shape[-1])
+        key = cache_key(weights, part_tag(cut), cfg.image_size, dataset, view, probe.shape[-1],
+                        precision="bf16" if self.autocast else "float32")
         if key not in self._feature_cache:
             backbone = model.backbone
             part = backbone if cut is None else (lambda x: backbone.forward_bottom(x, cut))  # noqa: E731
