@@ -186,3 +186,34 @@ def test_cache_key_changes_with_every_input(voc_root, tmp_path):
     image = Path(dataset.image_paths[0])
     os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))  # the file was replaced
     assert cache_key(**base) != key
+
+
+# -- item 14: `train evaluate` on a single CSV file scores the held-out rows ------------------
+def test_evaluate_on_a_single_csv_scores_the_held_out_rows_fit_reported(tmp_path, capsys):
+    from fixtures import make_csv
+
+    csv = make_csv(tmp_path / "data", n_images=20)
+    assert main(["fit", "--variant", "baseline", "--dataset", "csv",
+                 *tiny_args(csv, tmp_path / "runs", "csv", stage2_epochs=0, diagnostics="false")]) == 0
+    run = tmp_path / "runs" / "csv" / "baseline"
+    split = json.loads((run / "split.json").read_text())
+    capsys.readouterr()
+    out = tmp_path / "evaluate.json"
+    assert main(["evaluate", "--model", str(run / "model"), "--dataset", "csv", "--data-root", str(csv),
+                 "--num-workers", "0", "--no-diagnostics", "--output", str(out)]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(out.read_text())
+    fitted = json.loads((run / "eval.json").read_text())
+    assert result["num_images"] == fitted["num_images"] == len(split["eval_ids"]) == 4
+    assert result["metrics"]["map"] == pytest.approx(fitted["metrics"]["map"], abs=1e-6)
+    assert "held-out rows" in result["rows"] and "split.json" in result["rows"]
+    assert "4 images" in captured.err and "held-out rows" in captured.out and "evaluate" in captured.err  # the bar
+
+    # data with some held-out rows missing and training rows present is refused, not scored
+    lines = csv.read_text().splitlines()
+    partial = csv.with_name("partial.csv")
+    partial.write_text("\n".join(line for line in lines if line.split(",")[0] != split["eval_ids"][0]) + "\n")
+    assert main(["evaluate", "--model", str(run / "model"), "--dataset", "csv", "--data-root", str(partial),
+                 "--num-workers", "0", "--no-diagnostics"]) == 2
+    line = error_line(capsys)
+    assert "split.json" in line and "3 of them" in line
