@@ -67,7 +67,8 @@ def cache_key(weights: str, part: str, image_size: int, dataset: MultiLabelDatas
               precision: str = "float32") -> str:
     """``weights`` names the backbone and the weights of the cached part ("<backbone>:<weights_digest>");
     the dataset's transform (test transform: resize, normalization) and its images' files join the key."""
-    transform = repr(dataset.transform)
+    inner = getattr(dataset, "dataset", None)  # a wrapper of a dataset (a view of it) keys on its transform
+    transform = repr(getattr(dataset, "transform", getattr(inner, "transform", None)))
     blob = json.dumps([weights, part, image_size, transform, precision, view, view_size,
                        [_image_fingerprint(Path(p)) for p in dataset.image_paths]]).encode()
     return hashlib.sha1(blob).hexdigest()[:16]
