@@ -72,6 +72,7 @@ def diagnose(
     seed: int = 0,
     scale_ratio: float | None = 192 / 224,
     return_scores: bool = False,
+    progress: bool = False,  # a tqdm bar over the batches (the CLI's long evaluations)
 ) -> dict[str, Any] | tuple[dict[str, Any], np.ndarray]:
     """The ``diagnostics`` entry of eval.json for ``model`` on ``dataset`` (see the module docstring).
 
@@ -98,7 +99,9 @@ def diagnose(
     scaled_size = None if not scale_ratio else max(32, int(round(model.image_size * float(scale_ratio))))
     kind, map_size, pairs_without_boxes, centre = "", None, 0, None
     start = 0
-    for images, _ in loader:
+    from tqdm import tqdm
+
+    for images, _ in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
         images = images.to(device)
         features = model.forward_features(images)
         mirrored = model.forward_features(images.flip(-1))

@@ -131,7 +131,7 @@ def test_evaluate_merges_into_a_runs_eval_json(trained_group, voc_root, tmp_path
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    return torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
 
 
 @pytest.mark.parametrize("variant", ["mlgcn", "gcam"])

@@ -99,7 +99,7 @@ def test_compile_through_both_stages_saves_a_loadable_model(voc_root, tmp_path):
     assert names["backbone_in_checkpoint"]
     model = load_model(run / "model")
     assert not any("_orig_mod" in k for k in model.state_dict())
-    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
     assert not any("_orig_mod" in k for k in state)
     assert json.loads((run / "eval.json").read_text())["metrics"]["map"] == pytest.approx(
         evaluate_saved(run, voc_root, tmp_path)["map"], abs=1e-9)
@@ -240,7 +240,7 @@ def test_augmentation_is_seeded_per_image_so_workers_persist_and_do_not_change_r
         args = tiny_args(voc_root, tmp_path, group, stage1_epochs=2, stage2_epochs=1, stage1_augment="true",
                          num_workers=workers)
         assert main(["fit", "--variant", "baseline", *args]) == 0
-        weights[workers] = torch.load(tmp_path / group / "baseline" / "checkpoint.pt", weights_only=False)["model"]
+        weights[workers] = torch.load(tmp_path / group / "baseline" / "checkpoint.pt", weights_only=True)["model"]
     for key in weights[0]:
         torch.testing.assert_close(weights[0][key], weights[2][key], rtol=0, atol=0, msg=key)
 
@@ -285,7 +285,7 @@ def test_top_block_finetune_trains_only_the_top_and_saves_only_it(voc_root, tmp_
                      pretrained="false")
     assert main(["fit", "--variant", variant, *args]) == 0
     run = tmp_path / "top" / variant
-    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert state["trained_part"] == "top:3"
     rows = json.loads((run / "metrics.json").read_text())
     assert [r["stage"] for r in rows] == [1, 2, 2]
@@ -383,6 +383,6 @@ def test_stage_2_starts_from_the_selected_stage_1_model(voc_root, tmp_path, monk
     run = tmp_path / "from-best" / "baseline"
     assert json.loads((run / "eval.json").read_text())["stage1"]["selected_epoch"] == 1
     selected = load_file(str(run / "model_stage1" / "model.safetensors"))
-    final = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    final = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
     for key in ("fc.weight", "fc.bias"):
         torch.testing.assert_close(final[key], selected[key], rtol=0, atol=0)

@@ -199,20 +199,25 @@ def cmd_evaluate(argv: list[str]) -> int:
     if dataset.classes != model.classes:
         print(f"error: the model's classes differ from those of {args.dataset}/{args.split}", file=sys.stderr)
         return 2
+    dataset, rows = held_out_rows(dataset, Path(args.model))
+    print(f"evaluating {model.model_name} on {len(dataset)} images of {args.dataset}/{args.split} ({rows})", file=sys.stderr)
     diagnostics = None
     if args.diagnostics:  # its forward passes give the scores too: one pass over the split, not two
         diagnostics, scores = diagnose(model, dataset, device, args.batch_size, args.num_workers, seed=args.seed,
-                                       return_scores=True)
+                                       return_scores=True, progress=True)
     else:
+        from tqdm import tqdm
+
         dataset = dataset.with_transform(build_transforms(model.image_size, train=False, mean=norm.mean, std=norm.std))
         loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers)
         with torch.inference_mode():
-            scores = torch.cat([model(images.to(device)).float().sigmoid().cpu() for images, _ in loader]).numpy()
+            scores = torch.cat([model(images.to(device)).float().sigmoid().cpu()
+                                for images, _ in tqdm(loader, desc="evaluate", unit="batch", leave=False)]).numpy()
     report = evaluate(scores, dataset.labels, classes=model.classes)
     result = {"model": str(args.model), "model_name": model.model_name, "dataset": args.dataset, "split": args.split,
-              "num_images": len(dataset), "metrics": report.to_dict()}
-    print(f"{model.model_name} on {args.dataset}/{args.split}: mAP {100 * report.map:.2f} (VOC {100 * report.map_voc:.2f}) "
-          f"CF1 {100 * report.cf1:.2f} OF1 {100 * report.of1:.2f}")
+              "rows": rows, "num_images": len(dataset), "metrics": report.to_dict()}
+    print(f"{model.model_name} on {args.dataset}/{args.split} ({rows}): mAP {100 * report.map:.2f} "
+          f"(VOC {100 * report.map_voc:.2f}) CF1 {100 * report.cf1:.2f} OF1 {100 * report.of1:.2f}")
     if diagnostics is not None:
         result["diagnostics"] = diagnostics
         print(diagnostics_line(diagnostics))
@@ -230,6 +235,29 @@ def cmd_evaluate(argv: list[str]) -> int:
                       **({"diagnostics": result["diagnostics"]} if "diagnostics" in result else {})}
         output.write_text(json.dumps(result, indent=1))
     return 0
+
+
+def held_out_rows(dataset, model: Path):
+    """The rows of ``dataset`` to score, and a few words saying which.
+
+    When the model's run carved its evaluation rows out of the training data (a single CSV file as
+    the root: ``split.json`` beside ``model/`` has ``eval_carved`` and ``eval_ids``), only those
+    held-out rows are scored, as ``fit`` did; data holding some but not all of them mixes rows the
+    model was trained or selected on, and is refused. Any other data is scored whole."""
+    split_file = model.parent / "split.json"
+    info = json.loads(split_file.read_text()) if model.is_dir() and split_file.is_file() else {}
+    whole = f"all {len(dataset)} rows"
+    if not info.get("eval_carved") or not info.get("eval_ids"):
+        return dataset, whole
+    held = set(info["eval_ids"])
+    index = [i for i, item in enumerate(dataset.ids) if item in held]
+    if len(index) == len(held):
+        return dataset.subset(index), f"the {len(index)} held-out rows of {split_file}"
+    seen = set(dataset.ids) & (held | set(info.get("selection_ids") or []))
+    if seen:
+        raise ValueError(f"{split_file} holds out {len(held)} rows of the run's data for evaluation, but this data has "
+                         f"{len(index)} of them and rows the model was trained or selected on: not scored")
+    return dataset, whole
 
 
 def diagnostics_line(d: dict) -> str:

@@ -103,6 +103,10 @@ class TrainConfig:
         for key, (ok, what) in checks.items():
             if not ok:
                 raise ConfigError(f"config value {key}={getattr(self, key)!r} must be {what}")
+        group = Path(str(self.group))
+        if group.is_absolute() or ".." in group.parts:  # runs/<group>/<variant> must stay under output_dir
+            raise ConfigError(f"config value group={self.group!r} must be a folder name inside output_dir "
+                              f"{str(self.output_dir)!r}: not absolute, no '..'")
         if self.stage1_epochs + self.stage2_epochs == 0:
             raise ConfigError("stage1_epochs + stage2_epochs is 0: nothing would be trained; give at least one epoch")
         self.model_params = check_model_params(self.variant, self.model_params)

@@ -36,10 +36,42 @@ class DistEnv:
         return out
 
 
+def available_devices() -> list[str]:
+    """The devices this machine has, as ``--device`` names them."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
+def _present(device: torch.device) -> bool:
+    if device.type == "cpu":
+        return True
+    if device.type == "mps":
+        return torch.backends.mps.is_available() and not device.index
+    module = getattr(torch, device.type, None)  # cuda, xpu, ...: the same two functions
+    try:
+        return bool(module.is_available()) and (device.index is None or device.index < module.device_count())
+    except Exception:  # noqa: BLE001  (no such backend, or it cannot initialise: not available either way)
+        return False
+
+
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``name`` as a device ("auto": this process's GPU, else the CPU). A name this machine has no
+    device for is refused here (ValueError: one line naming the available ones), not as a driver
+    traceback at the first tensor moved there."""
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(name)
+        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device name; available: {', '.join(available_devices())}") from None
+    if not _present(device):
+        raise ValueError(f"--device {name!r} is not available on this machine; available: {', '.join(available_devices())}")
+    return device
 
 
 def init_distributed(device_name: str = "auto") -> DistEnv:

@@ -20,6 +20,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +43,14 @@ from mlc.stats import label_statistics
 from train.config import TrainConfig, save_config
 from train.data import build_splits, verify_images
 from train.distributed import DistEnv
-from train.features import FeatureSet, cache_key, cached_tensor, extract_view, gather_rows, part_tag
+from train.features import (
+    FeatureSet, cache_key, cached_tensor, extract_view, gather_rows, part_tag, weights_digest,
+)
 
 CHECKPOINT = "checkpoint.pt"
+# what a run writes into its folder besides config.yaml / split.json (rewritten at its start)
+RUN_OUTPUTS = ("model", "model_stage1", "metrics.csv", "metrics.json", CHECKPOINT, CHECKPOINT + ".tmp",
+               "eval.json", "eval_scores.npz", "tensorboard")
 LOG_EVERY = 20  # steps between progress-bar updates (each reads the loss from the device)
 
 
@@ -313,9 +319,14 @@ class Trainer:
         if not usable or (model_cut is not None and (cut is None or cut > model_cut)):
             raise RuntimeError(f"the {part_tag(cut)} features of a backbone trained as {trained!r} "
                                "are not its pretrained ones and cannot be cached")
-        weights = f"{cfg.backbone}:" + ("pretrained" if cfg.pretrained else f"init-seed{cfg.seed}")
+        state = model.backbone.state_dict()
+        if cut is not None:  # only the bottom is cached: the top's weights do not change its maps
+            top = model.backbone.top_state_names(cut)
+            state = {k: v for k, v in state.items() if k not in top}
+        weights = f"{cfg.backbone}:{weights_digest(state)}"
         probe = model.view_images(torch.zeros(1, 3, cfg.image_size, cfg.image_size), view)
-        key = cache_key(weights, part_tag(cut), cfg.image_size, dataset, view, probe.shape[-1])
+        key = cache_key(weights, part_tag(cut), cfg.image_size, dataset, view, probe.shape[-1],
+                        precision="bf16" if self.autocast else "float32")
         if key not in self._feature_cache:
             backbone = model.backbone
             part = backbone if cut is None else (lambda x: backbone.forward_bottom(x, cut))  # noqa: E731
@@ -451,7 +462,7 @@ class Trainer:
         state = {
             "epoch": epoch, "stage": self.current_stage, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "history": vars(history), "backbone_trained": self.model.backbone_trained,
+            "history": _plain(vars(history)), "backbone_trained": self.model.backbone_trained,
             "trained_part": self.trained_part,
         }
         tmp = self.run_dir / (CHECKPOINT + ".tmp")
@@ -459,9 +470,28 @@ class Trainer:
         tmp.replace(self.run_dir / CHECKPOINT)
 
     def load_checkpoint(self) -> tuple[int, History]:
-        state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=False)
+        """Restore a run from its checkpoint. Read with ``weights_only=True`` (tensors, dicts, lists,
+        numbers, strings): a checkpoint someone hands you cannot run code. A file that is not such a
+        checkpoint, or does not fit this run, is refused (ValueError: one line) before anything changes."""
+        path = self.run_dir / CHECKPOINT
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as err:  # noqa: BLE001  (pickle, zip and EOF errors alike: all mean "not loadable")
+            raise ValueError(f"{path} is not a checkpoint that can be loaded safely ({_load_error_reason(err)}); "
+                             "remove it to start afresh, or run without --resume") from None
+        try:
+            return self._restore(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
+            raise ValueError(f"{path} does not fit this run ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:200] if str(err) else 'bad entry'}); "
+                             "remove it to start afresh, or run without --resume") from None
+
+    def _restore(self, state: dict[str, Any]) -> tuple[int, History]:
+        if not isinstance(state, dict):
+            raise TypeError(f"it holds a {type(state).__name__}, not a dict")
+        epoch = int(state["epoch"])
         self.model.load_state_dict(state["model"])
-        stage, _ = self.stage_of(state["epoch"]) if state["epoch"] < self.total_epochs else (None, None)
+        stage, _ = self.stage_of(epoch) if epoch < self.total_epochs else (None, None)
         if stage is not None and stage.index == state["stage"]:  # resume inside the same stage
             self.enter_stage(stage)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -471,7 +501,7 @@ class Trainer:
             self.model.backbone_trained = state["backbone_trained"]
         else:  # checkpoints written before top-block fine-tuning existed
             self.model.backbone_is_pretrained = state["backbone_is_pretrained"]
-        return state["epoch"], History(**state["history"])
+        return epoch, History(**state["history"])
 
     def write_metrics(self, history: History, writer) -> None:
         """metrics.csv / metrics.json rewritten whole from the history (atomic): after a kill and
@@ -500,18 +530,16 @@ class Trainer:
         cfg, env = self.config, self.env
         started = time.perf_counter()
         self.build()
+        start_epoch, history = 0, History()
+        resuming = resume and (self.run_dir / CHECKPOINT).is_file()
+        if resuming:  # before the folder changes: a refused checkpoint leaves it as it was
+            start_epoch, history = self.load_checkpoint()
         if env.is_main:
+            if not resuming:
+                self.clear_earlier_run(resume)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
             self.split_info.save(self.run_dir / "split.json")
-        start_epoch, history = 0, History()
-        has_checkpoint = (self.run_dir / CHECKPOINT).is_file()
-        if resume and has_checkpoint:
-            start_epoch, history = self.load_checkpoint()
-        elif env.is_main and not resume:
-            for stale in ("metrics.csv", "metrics.json", CHECKPOINT, "eval.json", "eval_scores.npz"):
-                (self.run_dir / stale).unlink(missing_ok=True)
-            shutil.rmtree(self.run_dir / "model_stage1", ignore_errors=True)
         env.barrier()
         writer = None
         if env.is_main:
@@ -548,6 +576,25 @@ class Trainer:
         if writer is not None:
             writer.close()
         return self.final_evaluation(history, time.perf_counter() - started)
+
+    def clear_earlier_run(self, resume: bool) -> None:
+        """A run starting afresh removes what an earlier run left in its folder (the files this run
+        rewrites), and says so: a stale ``model/`` would otherwise become this run's stage-1 model,
+        old metrics and TensorBoard events would mix with the new ones."""
+        removed = []
+        for name in RUN_OUTPUTS:
+            path = self.run_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+                removed.append(name + "/")
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+                removed.append(name)
+        for partial in self.run_dir.glob(".model*"):  # what a save killed half-way left (.model.partial-*, .model.old)
+            shutil.rmtree(partial, ignore_errors=True)
+        if removed:
+            why = "--resume found no checkpoint.pt to continue from" if resume else "a new run (no --resume)"
+            print(f"note: {self.run_dir} held an earlier run; {why}: removed {', '.join(removed)}", file=sys.stderr)
 
     def snapshot_stage1(self) -> None:
         """Keep the best frozen-backbone model as ``model_stage1/`` before stage 2 may replace
@@ -618,3 +665,22 @@ class Trainer:
             card = model_card(config, result, cfg.to_dict(), self.split_info.summary(), repo_id=None)
             (self.run_dir / "model" / "README.md").write_text(card)
         return result
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers, so ``torch.load(weights_only=True)`` accepts it."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _load_error_reason(err: BaseException) -> str:
+    """A short reason why ``torch.load`` refused a file (its messages run to several paragraphs)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    code = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    if code:  # weights_only refused a global: the file asks to import or call something
+        return f"it asks to run code: {code[0][:160]}"
+    first = lines[0].split(". ")[0] if lines else ""
+    return f"{type(err).__name__}: {first[:160]}" if first else type(err).__name__

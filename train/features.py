@@ -7,8 +7,10 @@ Two parts are cached: the whole backbone (stage 1: heads on final feature maps) 
 blocks below a cut (stage 2 "top:K": the top blocks fine-tune on the cached bottom output). Views
 a variant's loss needs (G-CAM's mirrored and rescaled images) are cached beside the originals.
 
-The cache key names the backbone, the weights the part came from, the part, the image size, the
-images and the view, so a fine-tuned backbone can never be stored under a pretrained key.
+The cache key names everything the cached maps depend on: the backbone and a hash of the cached
+part's weights (so a fine-tuned backbone, or other weights under the same name, can never share a
+key), the part, the image size, the test transform (resize, normalization), the precision, the
+images (path, size, modification time) and the view.
 """
 from __future__ import annotations
 
@@ -41,9 +43,34 @@ def part_tag(cut: int | None) -> str:
     return "full" if cut is None else f"bottom{cut}"
 
 
-def cache_key(weights: str, part: str, image_size: int, dataset: MultiLabelDataset, view: str, view_size: int | None) -> str:
-    """``weights`` names the backbone and the weights of the cached part (e.g. "efficientnet_lite0:pretrained")."""
-    blob = json.dumps([weights, part, image_size, [str(p.resolve()) for p in dataset.image_paths], view, view_size]).encode()
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-1 of a state dict's names, dtypes, shapes and values: the identity of the weights
+    themselves, whatever the backbone's name or where they were downloaded from."""
+    digest = hashlib.sha1()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name.replace('_orig_mod.', '')}|{tensor.dtype}|{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _image_fingerprint(path: Path) -> list:
+    """A cached image is recomputed when its file changes (size or modification time)."""
+    try:
+        stat = path.stat()
+    except OSError:  # unreadable: the dataset's own read will say so
+        return [str(path), None, None]
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def cache_key(weights: str, part: str, image_size: int, dataset: MultiLabelDataset, view: str, view_size: int | None,
+              precision: str = "float32") -> str:
+    """``weights`` names the backbone and the weights of the cached part ("<backbone>:<weights_digest>");
+    the dataset's transform (test transform: resize, normalization) and its images' files join the key."""
+    inner = getattr(dataset, "dataset", None)  # a wrapper of a dataset (a view of it) keys on its transform
+    transform = repr(getattr(dataset, "transform", getattr(inner, "transform", None)))
+    blob = json.dumps([weights, part, image_size, transform, precision, view, view_size,
+                       [_image_fingerprint(Path(p)) for p in dataset.image_paths]]).encode()
     return hashlib.sha1(blob).hexdigest()[:16]
 
 
