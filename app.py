@@ -296,7 +296,7 @@ class Handlers:
 
     @guarded
     def classifier_tsne(self, session: ModelSet | None = None) -> tuple:
-        """t-SNE of the baseline's classifiers and the GCN-produced ones of ML-GCN and G-CAM."""
+        """t-SNE of the classifiers over pooled features (the variants with a CAM)."""
         embedding = self.models_of(session).tsne
         shown = ", ".join(embedding.method.unique())
         return (f"t-SNE of {len(embedding)} classifier vectors ({shown}), L2-normalised, perplexity 5; "
@@ -334,9 +334,10 @@ class Handlers:
         return (str(EXAMPLES[0]), *self._opening)
 
     def flip_default(self, models: ModelSet | None = None) -> str | None:
-        """G-CAM, the method trained for flip consistency, else the first loaded."""
+        """The first method trained for consistent maps (``trained_for_consistency``), else the first loaded."""
         models = models or self.models
-        return "gcam" if "gcam" in models.methods else next(iter(models.methods), None)
+        trained = [n for n, m in models.methods.items() if m.model.trained_for_consistency]
+        return next(iter(trained or models.methods), None)
 
     def model_choices(self, session: ModelSet | None = None) -> tuple:
         """Status and the dropdowns that depend on which models are loaded."""

@@ -30,7 +30,7 @@ import app  # noqa: E402
 from app_process import free_port  # noqa: E402  (bench/ is on sys.path when a bench runs as a script)
 from mlc import serving  # noqa: E402
 from mlc.data import VOC_CLASSES  # noqa: E402
-from mlc.models import create_model  # noqa: E402
+from mlc.models import create_model, list_models  # noqa: E402
 from mlc.stats import label_statistics  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def in_memory_models(seed: int = 0) -> serving.ModelSet:
     models = {
         name: create_model(name, classes=VOC_CLASSES, backbone="efficientnet_lite0", pretrained=True,
                            label_stats=stats, embeddings=embeddings)
-        for name in serving.VARIANTS
+        for name in list_models()
     }
     return serving.ModelSet.from_models(models, source="in memory: EfficientNet-Lite0, untrained heads")
 

@@ -25,10 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from mlc.data import VOC_CLASSES  # noqa: E402
 from mlc.embeddings import label_embeddings  # noqa: E402
-from mlc.models import create_model  # noqa: E402
+from mlc.models import create_model, list_models  # noqa: E402
 from mlc.stats import label_statistics  # noqa: E402
 
-VARIANTS = ["baseline", "ggnn", "ssgrl", "mlgcn", "gcam"]
 
 
 def _round_robin(fns: dict[str, Callable[[], object]], runs: int, warmup: int) -> dict[str, list[float]]:
@@ -77,9 +76,9 @@ def main() -> None:
     print(f"CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
           f"{args.size} px; batch 1: {args.runs} runs, batch {args.batch}: {batch_runs} runs, variants "
           f"interleaved, after {args.warmup} warm-up runs; load average before: {_load()}\n")
-    models = {name: create_model(name, **common).eval() for name in VARIANTS}
+    models = {name: create_model(name, **common).eval() for name in list_models()}
     with torch.inference_mode():
-        features = models["baseline"].forward_features(one)  # same backbone and weights in all five
+        features = next(iter(models.values())).forward_features(one)  # same backbone and weights in all five
         t1 = _round_robin({n: (lambda m=m: m(one)) for n, m in models.items()}, args.runs, args.warmup)
         tb = _round_robin({n: (lambda m=m: m(batch)) for n, m in models.items()}, batch_runs, 1)
         th = _round_robin(

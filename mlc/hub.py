@@ -160,39 +160,14 @@ def _metrics_section(model_config: Mapping[str, Any], eval_result: Mapping[str, 
 
 
 def _graph_section(model_config: Mapping[str, Any]) -> list[str]:
-    lines = ["## Label graph", ""]
-    name, params = model_config.get("model_name"), model_config.get("params") or {}
-    graph = model_config.get("graph") or {}
-    if name == "baseline":
-        return lines + ["None: the baseline predicts every label independently.", ""]
-    if name in ("mlgcn", "gcam") and "adjacency" in graph:
-        style = params.get("adjacency_style", "paper")
-        how = ("the papers' re-weighting: self-loop 1 - p, neighbours share p" if style == "paper"
-               else "the public ML-GCN code's re-weighting and symmetric normalisation")
-        lines += [
-            f"- source: label co-occurrence in the training split, P(j | i) = n_ij / n_i, "
-            f"thresholded at tau = {params.get('tau', 'n/a')} and re-weighted with p = {params.get('p', 'n/a')} "
-            f"({how})",
-            f"- {len(graph['adjacency'])} label nodes, {count_edges(graph['adjacency'])} directed edges",
-        ]
-    elif name == "ssgrl" and "a_in" in graph:
-        lines += [
-            "- source: label co-occurrence in the training split, the conditional probabilities "
-            "P(j | i) = n_ij / n_i as edge weights (no threshold, no re-weighting)",
-            f"- {len(graph['a_in'])} label nodes, {count_edges(graph['a_in'])} directed edges (non-zero P(j | i))",
-        ]
-    elif name == "ggnn" and "a_in" in graph:
-        source = {"visual_genome": "Visual Genome relationships", "cooccurrence":
-                  "label co-occurrence in the training split (P(j | i))"}.get(graph.get("source"), "n/a")
-        lines += [
-            f"- source: {source}, thresholded at tau = {params.get('graph_tau', 'n/a')} and re-weighted "
-            f"with p = {params.get('graph_p', 'n/a')}",
-            f"- {len(graph['a_in'])} nodes ({len(model_config.get('classes') or [])} of them the labels), "
-            f"{count_edges(graph['a_in'])} directed edges",
-        ]
-    else:
-        lines.append("Not available.")
-    return lines + [""]
+    """The variant's own account of its graph (``graph_card``); an unregistered name says so."""
+    from mlc.models.registry import get_model_class
+
+    try:
+        lines = get_model_class(str(model_config.get("model_name"))).graph_card(dict(model_config))
+    except ValueError:
+        lines = ["Not available: this variant is not registered here."]
+    return ["## Label graph", "", *lines, ""]
 
 
 def _seeing_section(eval_result: Mapping[str, Any] | None) -> list[str]:

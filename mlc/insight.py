@@ -19,7 +19,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from mlc.serving import METHOD_COLORS, ModelSet, RequestError, display_array, md
+from mlc.serving import ModelSet, RequestError, display_array, md, method_colour
 
 SEEING_READING = (
     "Measured once on the evaluation split (nothing here is recomputed). **Pointing game**: how often the "
@@ -87,7 +87,7 @@ def seeing_figure(table: pd.DataFrame) -> Figure:
     baselines = table[table.method.isin(["random map", "centre map"])].set_index("method")
     for k, column in enumerate(("pointing game (%)", "box energy (%)")):
         ax = fig.add_subplot(1, 2, k + 1)
-        ax.bar(methods.method, methods[column], color=[METHOD_COLORS.get(m, "tab:gray") for m in methods.method])
+        ax.bar(methods.method, methods[column], color=[method_colour(m) for m in methods.method])
         for label, style in (("random map", ":"), ("centre map", "--")):
             if label in baselines.index and not np.isnan(baselines.loc[label, column]):
                 ax.axhline(baselines.loc[label, column], color="black", linestyle=style, linewidth=1, label=label)

@@ -23,7 +23,7 @@ from mlc.data import VOC_CLASSES
 from mlc.metrics import evaluate
 from mlc.stats import LabelStatistics, label_statistics
 
-VARIANTS = ["baseline", "ggnn", "ssgrl", "mlgcn", "gcam"]
+from conftest import VARIANTS  # noqa: E402  (the registry's list)
 # Gradio's own queue statistics trip pandas 3 deprecations on every event; they are not ours.
 pytestmark = [
     pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),

@@ -89,7 +89,7 @@ def test_card_with_missing_parts_still_renders(saved):
     assert card.count("not available") + card.count("Not available") >= 4
     assert 'load_model("path/to/model-folder")' in card
     bare = model_card({"model_name": "ssgrl"}, None, None, None, None)  # no graph, classes, params
-    assert "## Label graph\n\nNot available." in bare
+    assert "## Label graph\n\nNot stored in this checkpoint." in bare
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -100,8 +100,8 @@ def test_every_variant_gets_its_description_and_graph(name, tiny_setup):
     card = model_card(config, None, None, None, f"someone/{name}")
     assert f"**{name}**" in card and "no description available" not in card
     graph = card.split("## Label graph", 1)[1].split("##", 1)[0]
-    if name == "baseline":
-        assert "None: the baseline" in graph
+    if not model.has_label_graph:
+        assert "None: this variant predicts every label independently" in graph
     else:
         assert "directed edges" in graph and "Not available" not in graph
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from train.config import (
-    VARIANTS, ConfigError, TrainConfig, add_config_arguments, config_path_for, load_yaml, resolve_config,
+    ConfigError, TrainConfig, add_config_arguments, config_path_for, default_variant, load_yaml, resolve_config, variants,
 )
 
 
@@ -37,18 +37,17 @@ def config_for(argv: list[str], variant: str | None = None, prog: str = "python 
     """Resolve YAML (base chain) -> argparse defaults -> flags, for one variant; also --resume."""
     pre = _preparse(argv)
     variant = variant or pre.variant
-    if pre.config:
-        path = Path(pre.config)
-    elif pre.config_dir:
-        path = Path(pre.config_dir) / f"{variant or 'baseline'}.yaml"
-    else:
-        path = config_path_for(pre.dataset, variant or "baseline")
-    values = load_yaml(path) if path.is_file() or pre.config or pre.config_dir else {}
-    # the variant: `train all`'s loop, else --variant, else the config file's, else baseline
-    variant = variant or values.get("variant") or "baseline"
+    folder = Path(pre.config_dir) if pre.config_dir else config_path_for(pre.dataset, "dataset").parent
+    path = Path(pre.config) if pre.config else folder / f"{variant or default_variant()}.yaml"
+    if pre.config or path.is_file():
+        values = load_yaml(path)
+    else:  # no file for this variant: the dataset's settings, then what the variant declares
+        values = _variant_defaults(folder, variant or default_variant())
+        print(f"note: no config file {path}; using {folder / 'dataset.yaml' if (folder / 'dataset.yaml').is_file() else 'the built-in defaults'}"
+              " and the variant's own defaults", file=sys.stderr)
+    # the variant: `train all`'s loop, else --variant, else the config file's, else the reference one
+    variant = variant or values.get("variant") or default_variant()
     values["variant"] = variant
-    if not pre.config and not path.is_file():
-        print(f"note: no config file {path}; using the built-in defaults", file=sys.stderr)
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--config", help="YAML config (default: train/configs/<dataset>/<variant>.yaml)")
     parser.add_argument("--config-dir", help="folder of <variant>.yaml files, e.g. train/configs/voc2007-cpu")
@@ -58,6 +57,22 @@ def config_for(argv: list[str], variant: str | None = None, prog: str = "python 
     if variant:
         args.variant = variant
     return resolve_config(args, values), args.resume
+
+
+def _variant_defaults(folder: Path, variant: str) -> dict:
+    """The dataset's ``dataset.yaml`` (if any) under the variant's ``train_defaults``: a registered
+    variant trains on any dataset without a YAML file of its own."""
+    import copy
+
+    from mlc.models import get_model_class
+
+    values = load_yaml(folder / "dataset.yaml") if (folder / "dataset.yaml").is_file() else {}
+    try:
+        declared = copy.deepcopy(get_model_class(variant).train_defaults)
+    except ValueError:
+        return values  # an unknown variant: TrainConfig.validate names the registered ones
+    params = {**(values.get("model_params") or {}), **declared.pop("model_params", {})}
+    return {**values, **declared, **({"model_params": params} if params else {})}
 
 
 def fit(config: TrainConfig, resume: bool = False) -> dict:
@@ -100,7 +115,7 @@ def seed_configs(config: TrainConfig) -> list[TrainConfig]:
 def cmd_all(argv: list[str]) -> int:
     from train.report import write_report
 
-    resolved = [config_for(argv, variant, prog="python -m train all") for variant in VARIANTS]
+    resolved = [config_for(argv, variant, prog="python -m train all") for variant in variants()]
     configs = [config for config, _ in resolved]
     # seed-major: every variant of the first seed is trained before any further seed
     for k in range(configs[0].seeds):

@@ -16,7 +16,19 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-VARIANTS = ("baseline", "ggnn", "ssgrl", "mlgcn", "gcam")
+
+
+def variants() -> list[str]:
+    """The registered variants (``mlc.models.list_models``): the only list of what can be trained."""
+    from mlc.models import list_models
+
+    return list_models()
+
+
+def default_variant() -> str:
+    from mlc.models import reference_model
+
+    return reference_model() or variants()[0]
 
 
 class ConfigError(ValueError):
@@ -84,7 +96,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         checks = {
-            "variant": (self.variant in VARIANTS, f"one of {VARIANTS}"),
+            "variant": (self.variant in variants(), f"one of the registered variants {tuple(variants())}"),
             "optimizer": (self.optimizer in ("adam", "sgd"), "adam or sgd"),
             "scheduler": (self.scheduler in ("cosine", "step"), "cosine or step"),
             "amp": (self.amp in ("bf16", "none"), "bf16 or none"),

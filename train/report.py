@@ -53,9 +53,8 @@ import numpy as np
 
 from mlc.diagnostics import disagreement
 from mlc.metrics import bootstrap_versus_reference, seed_summary
-from train.config import VARIANTS
+from mlc.models import list_models, reference_model
 
-REFERENCE = "baseline"
 SCORES_FILE = "eval_scores.npz"
 SEED_METRICS = (("mAP", "map"), ("CF1", "cf1"), ("OF1", "of1"))
 P_VALUE_DEFINITION = "two-sided: min(1, 2 * min(share of resamples with difference <= 0, share with >= 0))"
@@ -73,7 +72,8 @@ class SeedRun:
 
 
 def _ordered(found: dict[str, Any]) -> dict[str, Any]:
-    order = [v for v in VARIANTS if v in found] + [v for v in found if v not in VARIANTS]
+    registered = list_models()
+    order = [v for v in registered if v in found] + [v for v in found if v not in registered]
     return {v: found[v] for v in order}
 
 
@@ -188,7 +188,7 @@ def _load_scores(run_dir: Path) -> tuple[dict[str, np.ndarray] | None, str]:
 def bootstrap_comparisons(
     runs: dict[str, list[SeedRun]],
     group_dir: Path,
-    reference: str = REFERENCE,
+    reference: str | None = None,
     num_samples: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
@@ -198,6 +198,7 @@ def bootstrap_comparisons(
     Only runs with ``eval_scores.npz`` take part; a comparison is skipped (with the reason) when
     either model has none, or when its images or targets differ from the reference's.
     """
+    reference = reference or reference_model()
     out: dict[str, Any] = {"reference": reference if reference in runs else None, "num_samples": num_samples,
                            "confidence": confidence, "seed": seed, "p_value": P_VALUE_DEFINITION,
                            "skipped": None, "comparisons": {}}
@@ -277,7 +278,7 @@ def seeds_analysis(group_dir: Path, num_samples: int = 1000, seed: int = 0, conf
         "variants": list(runs),
         "seeds": seed_statistics(runs, group_dir),
         "finetune": finetune_statistics(runs),
-        "bootstrap": bootstrap_comparisons(runs, group_dir, REFERENCE, num_samples, seed, confidence),
+        "bootstrap": bootstrap_comparisons(runs, group_dir, reference_model(), num_samples, seed, confidence),
         "diagnostics": {v: items[0].result["diagnostics"] for v, items in runs.items()
                         if isinstance(items[0].result.get("diagnostics"), dict)},
         "disagreement": group_disagreement(runs),
@@ -353,7 +354,7 @@ def seeds_section(analysis: dict[str, Any]) -> list[str]:
 
     boot = analysis["bootstrap"]
     ref = boot["reference"]
-    lines += ["", f"### mAP difference from `{ref or REFERENCE}` (paired bootstrap over images)", ""]
+    lines += ["", f"### mAP difference from `{ref or reference_model()}` (paired bootstrap over images)", ""]
     if boot["skipped"]:
         lines.append(f"Bootstrap skipped: {boot['skipped']}.")
         return lines

@@ -13,6 +13,13 @@ from PIL import Image
 from .base import BoxAnnotation, DatasetError, MultiLabelDataset, ObjectBox
 
 __all__ = ["VOC_CLASSES", "VOCDataset", "resolve_voc_root"]
+# the usual grouping of VOC's classes, for colouring plots (any other class is "other")
+VOC_CLASS_GROUPS: dict[str, tuple[str, ...]] = {
+    "vehicles": ("aeroplane", "bicycle", "boat", "bus", "car", "motorbike", "train"),
+    "animals": ("bird", "cat", "cow", "dog", "horse", "sheep"),
+    "indoor objects": ("bottle", "chair", "diningtable", "pottedplant", "sofa", "tvmonitor"),
+    "person": ("person",),
+}
 
 VOC_CLASSES: list[str] = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

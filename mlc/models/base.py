@@ -58,12 +58,18 @@ def _to_jsonable(x: Any) -> Any:
 class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=["multi-label-image-classification"]):
     """Backbone -> variant head. Subclasses set ``defaults`` and implement ``forward_head``."""
 
-    model_name: ClassVar[str] = ""
-    has_cam: ClassVar[bool] = False  # logits linear in pooled features -> CAM exists
+    # What a variant declares about itself, read by training, the app, the card, the report and the
+    # tests (the registry is the only list of variants; nothing outside a variant's file names it):
+    model_name: ClassVar[str] = ""  # set by ``register_model``
+    has_cam: ClassVar[bool] = False  # logits linear in pooled features: a CAM exists, and its classifiers can be plotted
     needs_embeddings: ClassVar[bool] = False  # built from label word embeddings (GloVe)
     uses_knowledge_graph: ClassVar[bool] = False  # takes an external knowledge graph (Visual Genome)
-    defaults: ClassVar[dict[str, Any]] = {}
+    defaults: ClassVar[dict[str, Any]] = {}  # hyper-parameters (``params``) and their defaults
+    train_defaults: ClassVar[dict[str, Any]] = {}  # training config when a dataset has no <variant>.yaml
     no_graph_description: ClassVar[str] = ""  # what ``identity_graph`` puts in place of the label graph
+    is_reference: ClassVar[bool] = False  # the plain model every graph variant is compared with
+    trained_for_consistency: ClassVar[bool] = False  # its loss asks for consistent maps (the flip view's default)
+    colour: ClassVar[str] = "tab:gray"  # the variant's colour in every plot
 
     def __init__(
         self,
@@ -137,6 +143,11 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
     def describe(cls, params: dict, pooling: str) -> str:
         """One paragraph for the model card: what this variant computes, with these hyper-parameters."""
         return f"**{cls.model_name}**: no description available for this variant."
+
+    @classmethod
+    def graph_card(cls, config: dict[str, Any]) -> list[str]:
+        """The model card's "Label graph" lines for a saved ``config`` (its graph, params, classes)."""
+        return ["None: this variant predicts every label independently."]
 
     def build_graph(self, label_stats: dict | None) -> dict | None:
         """Derive the variant's graph from training-split label statistics (None if it needs none)."""

@@ -12,6 +12,8 @@ from mlc.models.registry import register_model
 @register_model("baseline")
 class Baseline(MultiLabelModel):
     has_cam = True
+    is_reference = True
+    colour = "tab:gray"
     defaults = {"dropout": 0.0}
 
     @classmethod

@@ -20,6 +20,7 @@ from mlc.stats import LabelStatistics
 @register_model("ggnn")
 class GGNNClassifier(MultiLabelModel):
     uses_knowledge_graph = True
+    colour = "tab:purple"
     defaults = {"state_dim": 10, "steps": 3, "graph_tau": 0.1, "graph_p": 0.1, "dropout": 0.0}
 
     @classmethod
@@ -67,6 +68,20 @@ class GGNNClassifier(MultiLabelModel):
         return {"nodes": list(kg.nodes), "a_in": kg.a_in, "a_out": kg.a_out, "source": source}
 
     no_graph_description = "no edges (A_in = A_out = 0): each node updated from itself"
+
+    @classmethod
+    def graph_card(cls, config):
+        graph, params = config.get("graph") or {}, config.get("params") or {}
+        if "a_in" not in graph:
+            return ["Not stored in this checkpoint."]
+        source = {"visual_genome": "Visual Genome relationships", "cooccurrence":
+                  "label co-occurrence in the training split (P(j | i))"}.get(graph.get("source"), "n/a")
+        return [
+            f"- source: {source}, thresholded at tau = {params.get('graph_tau', 'n/a')} and re-weighted "
+            f"with p = {params.get('graph_p', 'n/a')}",
+            f"- {len(graph['a_in'])} nodes ({len(config.get('classes') or [])} of them the labels), "
+            f"{label_graph.count_edges(graph['a_in'])} directed edges",
+        ]
 
     def graph_edges(self):
         """No edges: every node state is updated from itself only."""

@@ -22,6 +22,7 @@ from mlc.stats import LabelStatistics
 class MLGCN(MultiLabelModel):
     has_cam = True
     needs_embeddings = True
+    colour = "tab:blue"
     defaults = {"tau": 0.4, "p": 0.25, "adjacency_style": "paper", "hidden_dim": None, "negative_slope": 0.2, "dropout": 0.0}
 
     @classmethod
@@ -61,6 +62,20 @@ class MLGCN(MultiLabelModel):
 
     no_graph_description = "A = I: each label's classifier from its own word embedding"
 
+    @classmethod
+    def graph_card(cls, config):
+        graph, params = config.get("graph") or {}, config.get("params") or {}
+        if "adjacency" not in graph:
+            return ["Not stored in this checkpoint."]
+        how = ("the papers' re-weighting: self-loop 1 - p, neighbours share p"
+               if params.get("adjacency_style", "paper") == "paper"
+               else "the public ML-GCN code's re-weighting and symmetric normalisation")
+        return [
+            f"- source: label co-occurrence in the training split, P(j | i) = n_ij / n_i, thresholded at "
+            f"tau = {params.get('tau', 'n/a')} and re-weighted with p = {params.get('p', 'n/a')} ({how})",
+            f"- {len(graph['adjacency'])} label nodes, {label_graph.count_edges(graph['adjacency'])} directed edges",
+        ]
+
     def graph_edges(self):
         """A = I: each label's classifier from its own embedding alone."""
         return [(self, "adjacency", torch.eye(self.num_classes))]
@@ -86,6 +101,8 @@ class GCAM(MLGCN):
     ``scales: [224, 192]`` of older checkpoints means that absolute size.
     """
 
+    trained_for_consistency = True
+    colour = "tab:orange"
     defaults = {
         **MLGCN.defaults, "consistency_weight": 0.4, "flip": True, "scale_ratio": 192 / 224, "scale_size": None,
         "consistency_reduction": "sum", "scales": None,

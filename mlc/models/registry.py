@@ -20,8 +20,19 @@ def register_model(name: str) -> Callable[[T], T]:
     return wrap
 
 
+def unregister_model(name: str) -> None:
+    """Remove a variant (a test's throw-away one), so it never leaks into another's ``list_models()``."""
+    _MODELS.pop(name, None)
+
+
 def list_models() -> list[str]:
+    """Every registered variant, in registration order: the one list of what exists."""
     return list(_MODELS)
+
+
+def reference_model() -> str | None:
+    """The variant the others are compared with (``is_reference``), if one is registered."""
+    return next((name for name, cls in _MODELS.items() if getattr(cls, "is_reference", False)), None)
 
 
 def get_model_class(name: str) -> type:

@@ -20,6 +20,7 @@ from mlc.stats import LabelStatistics
 
 @register_model("ssgrl")
 class SSGRL(MultiLabelModel):
+    colour = "tab:brown"
     # interaction_dim: None = the paper (GGNN over N-dim features); a smaller value projects f^c first,
     # which cuts the GGNN's 9 N^2 weights (15M for N = 1280) for CPU training and small checkpoints.
     # dropout: on the decoupled class features f^c, the same regularisation the other heads get on
@@ -70,6 +71,17 @@ class SSGRL(MultiLabelModel):
         return {"a_in": a_in, "a_out": a_out}
 
     no_graph_description = "no edges (A_in = A_out = 0): each label's state updated from its own feature"
+
+    @classmethod
+    def graph_card(cls, config):
+        graph = config.get("graph") or {}
+        if "a_in" not in graph:
+            return ["Not stored in this checkpoint."]
+        return [
+            "- source: label co-occurrence in the training split, the conditional probabilities "
+            "P(j | i) = n_ij / n_i as edge weights (no threshold, no re-weighting)",
+            f"- {len(graph['a_in'])} label nodes, {label_graph.count_edges(graph['a_in'])} directed edges (non-zero P(j | i))",
+        ]
 
     def graph_edges(self):
         """No edges: semantic interaction updates each label's state from its own feature only."""

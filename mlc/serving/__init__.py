@@ -33,24 +33,27 @@ from torch import nn
 from mlc import graph as label_graph
 from mlc.data.transforms import build_transforms
 from mlc.explain import explanation_maps, flip_consistency, map_to_image, normalize_map, overlay
-from mlc.models import MultiLabelModel, load_model
+from mlc.data.voc import VOC_CLASS_GROUPS
+from mlc.models import MultiLabelModel, list_models, load_model
 from mlc.serving.errors import RequestError
 from mlc.serving.images import MAX_DECODE_PIXELS, MAX_SIDE, DecodedImage, load_image  # noqa: F401
 from mlc.stats import LabelStatistics
 
-VARIANTS: tuple[str, ...] = ("baseline", "ggnn", "ssgrl", "mlgcn", "gcam")
-TSNE_METHODS: tuple[str, ...] = ("baseline", "mlgcn", "gcam")  # the ones with classifiers over pooled features
-CLASS_GROUPS: dict[str, tuple[str, ...]] = {
-    "vehicles": ("aeroplane", "bicycle", "boat", "bus", "car", "motorbike", "train"),
-    "animals": ("bird", "cat", "cow", "dog", "horse", "sheep"),
-    "indoor objects": ("bottle", "chair", "diningtable", "pottedplant", "sofa", "tvmonitor"),
-    "person": ("person",),
-}
 GROUP_COLORS: dict[str, str] = {
     "vehicles": "tab:blue", "animals": "tab:orange", "indoor objects": "tab:green", "person": "tab:red",
     "other": "tab:gray",
 }
-METHOD_COLORS: dict[str, str] = dict(zip(VARIANTS, ("tab:gray", "tab:purple", "tab:brown", "tab:blue", "tab:orange")))
+
+
+def method_colour(name: str) -> str:
+    """The variant's own plot colour (``MultiLabelModel.colour``); grey for a name not registered."""
+    from mlc.models import get_model_class
+
+    try:
+        return get_model_class(name).colour
+    except ValueError:
+        return "tab:gray"
+
 
 DISPLAY_SIDE = 448  # overlays are drawn at this size
 
@@ -189,6 +192,7 @@ HUB_PATTERNS = ["*config.json", "*eval.json", "*model.safetensors", "report.json
 MAX_VISITOR_IMAGE_SIZE = 640  # 448 and the papers' 576 still load; 3000 px would cost gigabytes a request
 MAX_VISITOR_CLASSES = 1000
 MAX_VISITOR_EMBEDDING = 1024
+MAX_VISITOR_GRAPH_NODES = 2000  # a knowledge graph may have more nodes than labels
 
 
 def check_visitor_config(config: Any) -> None:
@@ -211,9 +215,19 @@ def check_visitor_config(config: Any) -> None:
         shape = np.shape(np.asarray(embeddings, dtype=object))
         if len(shape) != 2 or shape[0] != n or not 1 <= shape[1] <= MAX_VISITOR_EMBEDDING:
             raise RequestError(f"embeddings must be {n} rows of at most {MAX_VISITOR_EMBEDDING} numbers (one per class)")
-    for key, value in (config.get("graph") or {}).items():
-        if value is not None and np.shape(np.asarray(value, dtype=object)) != (n, n):
-            raise RequestError(f"graph {key!r} must be {n} x {n} (one row and column per class)")
+    graph = config.get("graph") or {}
+    if not isinstance(graph, dict):
+        raise RequestError("graph must be an object of matrices")
+    nodes = graph.get("nodes")
+    for key, value in graph.items():
+        if key in ("nodes", "source") or value is None:
+            continue
+        shape = np.shape(np.asarray(value, dtype=object))
+        size = len(nodes) if isinstance(nodes, list) else n  # a knowledge graph's first n nodes are the labels
+        if len(shape) != 2 or shape[0] != shape[1] or shape[0] != size or not n <= size <= MAX_VISITOR_GRAPH_NODES:
+            raise RequestError(f"graph {key!r} must be {size} x {size} (one row and column per "
+                               f"{'node' if isinstance(nodes, list) else 'class'}; at least {n}, at most "
+                               f"{MAX_VISITOR_GRAPH_NODES})")
 
 
 def _load_method(name: str, folder: Path, trusted: bool = True) -> Method:
@@ -284,7 +298,7 @@ def _model_folders(root: Path) -> dict[str, Path]:
             return {str(json.loads(config.read_text())["model_name"]): root}
         except (OSError, ValueError, KeyError, TypeError):
             return {root.name: root}
-    return {name: root / name for name in VARIANTS}
+    return {name: root / name for name in list_models()}
 
 
 def configure_memory() -> bool:
@@ -613,7 +627,7 @@ def probability_bars_html(table: pd.DataFrame, top_k: int, threshold: float) -> 
 def _css_colour(method: str) -> str:
     from matplotlib.colors import to_hex
 
-    return to_hex(METHOD_COLORS.get(method, "tab:gray"))
+    return to_hex(method_colour(method))
 
 
 # -- explain and flip consistency -------------------------------------------------------------------
@@ -838,7 +852,7 @@ def per_class_ap(model_set: ModelSet) -> pd.DataFrame:
 def ap_chart(table: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(12, 4), layout="constrained")
     ax = fig.add_subplot()
-    _grouped_bars(ax, table, METHOD_COLORS)
+    _grouped_bars(ax, table, {m: method_colour(m) for m in table.columns})
     ax.set_ylabel("AP (%)")
     ax.set_ylim(0, 100)
     ax.set_title("Per-class AP (last group: mAP)")
@@ -873,7 +887,7 @@ def cooccurrence_heatmap(stats: LabelStatistics) -> Figure:
 
 
 def class_group(name: str) -> str:
-    return next((g for g, members in CLASS_GROUPS.items() if name in members), "other")
+    return next((g for g, members in VOC_CLASS_GROUPS.items() if name in members), "other")
 
 
 def reweighted_graph(stats: LabelStatistics, tau: float, p: float) -> tuple[np.ndarray, int]:
@@ -912,8 +926,14 @@ def graph_figure(stats: LabelStatistics, weights: np.ndarray, tau: float, p: flo
     return fig
 
 
+def tsne_methods(model_set: ModelSet) -> list[str]:
+    """The loaded variants whose classifiers act on pooled features (``has_cam``): their rows compare."""
+    return [name for name, m in model_set.methods.items() if m.model.has_cam]
+
+
 def classifier_embedding(model_set: ModelSet) -> pd.DataFrame:
-    """t-SNE of the baseline's learned classifiers and the GCN-produced ones of ML-GCN and G-CAM.
+    """t-SNE of the classifiers of every loaded variant with one over pooled features (learned, as the
+    baseline's, or produced by a GCN, as ML-GCN's and G-CAM's).
 
     Rows are L2-normalised first: the methods' weights differ in scale, and only direction matters
     for which class a pooled feature scores highest.
@@ -921,15 +941,14 @@ def classifier_embedding(model_set: ModelSet) -> pd.DataFrame:
     from sklearn.manifold import TSNE
 
     rows, vectors = [], []
-    for name in TSNE_METHODS:
-        if name in model_set.methods:
-            model = model_set.methods[name].model
-            with torch.no_grad():
-                weights = model.classifier()[0].float().numpy()
-            vectors.append(weights / np.maximum(np.linalg.norm(weights, axis=1, keepdims=True), 1e-12))
-            rows += [{"method": name, "label": c, "group": class_group(c)} for c in model.classes]
+    for name in tsne_methods(model_set):
+        model = model_set.methods[name].model
+        with torch.no_grad():
+            weights = model.classifier()[0].float().numpy()
+        vectors.append(weights / np.maximum(np.linalg.norm(weights, axis=1, keepdims=True), 1e-12))
+        rows += [{"method": name, "label": c, "group": class_group(c)} for c in model.classes]
     if not vectors:
-        raise RequestError(f"The t-SNE needs at least one of {', '.join(TSNE_METHODS)}; none is loaded.")
+        raise RequestError("The t-SNE needs a model whose classifier acts on pooled features (has a CAM); none is loaded.")
     data = np.concatenate(vectors)
     if len(data) < 3:
         raise RequestError("The t-SNE needs at least three classifiers.")
@@ -939,7 +958,7 @@ def classifier_embedding(model_set: ModelSet) -> pd.DataFrame:
 
 def tsne_figure(embedding: pd.DataFrame) -> Figure:
     """Colour = class group, marker = method, every point labelled with its class."""
-    markers = dict(zip(TSNE_METHODS, ("o", "s", "^")))
+    markers = dict(zip(embedding.method.unique(), ("o", "s", "^", "D", "v", "P", "X")))
     fig = Figure(figsize=(8, 6), layout="constrained")
     ax = fig.add_subplot()
     for label, part in embedding.groupby("label", sort=False):  # one class's classifiers, joined
@@ -958,7 +977,7 @@ def tsne_figure(embedding: pd.DataFrame) -> Figure:
     handles += [Line2D([], [], marker="o", linestyle="", color=c, label=g) for g, c in GROUP_COLORS.items()
                 if g in set(embedding.group)]
     ax.legend(handles=handles, fontsize=8, loc="best")
-    ax.set_title("t-SNE of the classifiers (baseline: learned; ML-GCN / G-CAM: produced by the GCN)")
+    ax.set_title("t-SNE of the classifiers over pooled features (learned, or produced by a GCN)")
     ax.set_xticks([])
     ax.set_yticks([])
     return fig
