@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 @dataclass
 class TrainConfig:
     # what
-    variant: str = "baseline"
+    variant: str = ""  # "": the registry's reference variant (``default_variant``)
     dataset: str = "voc2007"  # voc2007 | voc2012 | coco2014 | coco2017 | csv
     data_root: str = "data/voc2007"
     train_split: str = "train"
@@ -95,6 +95,8 @@ class TrainConfig:
     dry_run: bool = False
 
     def validate(self) -> "TrainConfig":
+        if not self.variant:
+            self.variant = default_variant()
         checks = {
             "variant": (self.variant in variants(), f"one of the registered variants {tuple(variants())}"),
             "optimizer": (self.optimizer in ("adam", "sgd"), "adam or sgd"),
