@@ -11,10 +11,7 @@ the growth is the peak during that request above the RSS before it. Target (issu
 from __future__ import annotations
 
 import argparse
-import base64
 import io
-import json
-import os
 import struct
 import sys
 import zlib

@@ -26,7 +26,6 @@ import yaml
 from huggingface_hub import CommitOperationAdd, HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
-from mlc.graph import count_edges
 from mlc.models.base import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
 
 __all__ = ["HubError", "model_card", "prepare_upload", "push_folder", "push_variants"]

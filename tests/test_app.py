@@ -397,7 +397,7 @@ def test_analysis_is_computed_once_per_model_set(client, monkeypatch):
 
     made = []
     for module, name in ((serving, "ap_chart"), (serving, "cooccurrence_heatmap"), (serving, "graph_figure"),
-                         (serving, "tsne_figure"), (serving, "classifier_embedding"), (insight, "seeing_figure"),
+                         (serving, "tsne_figure"), (serving.analysis, "classifier_embedding"), (insight, "seeing_figure"),
                          (insight, "graph_figure")):
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _f=original, _n=f"{module.__name__}.{name}", **k:

@@ -98,13 +98,13 @@ def test_a_data_url_over_the_cap_is_refused_before_decoding(url):
 def test_a_small_data_url_is_predicted_and_cleaned_up_like_an_upload(url, photo, tmp_path):  # noqa: F811
     import gradio as gr
 
-    import app
+    from mlc.serving.components import _upload_path
 
     body = "data:image/jpeg;base64," + base64.b64encode(photo.read_bytes()).decode()
     kind, data = call(url, "predict", [{"url": body}, 0.5, 5])
     assert kind == "complete", data
     component = gr.Image()
-    path = app._upload_path(component, {"url": body})
+    path = _upload_path(component, {"url": body})
     assert Path(path).read_bytes() == photo.read_bytes()
     assert path in component.temp_files  # Gradio's delete_cache removes it with the uploads
 
@@ -329,5 +329,5 @@ def test_a_dollar_in_a_class_name_is_drawn_as_text(tiny_setup):
     setup = {**tiny_setup, "classes": classes, "label_stats": label_statistics(labels, classes)}
     models = serving.ModelSet.from_models({"mlgcn": tiny_model("mlgcn", setup)})
     _, stats = serving.label_statistics(models, None)
-    path = models.figure(("heatmap", "mlgcn"), lambda: serving.cooccurrence_heatmap(stats))
+    path = serving.figure(models, ("heatmap", "mlgcn"), lambda: serving.cooccurrence_heatmap(stats))
     assert Path(path).stat().st_size > 0

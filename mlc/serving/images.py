@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageMode, ImageOps, JpegImagePlugin, PngImagePlugin
+from PIL import Image, ImageMode, JpegImagePlugin, PngImagePlugin
 
 from mlc.data.base import to_rgb
 from mlc.serving.errors import RequestError
