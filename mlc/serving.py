@@ -34,6 +34,7 @@ from mlc.data.base import to_rgb
 from mlc.data.transforms import build_transforms
 from mlc.explain import explanation_maps, flip_consistency, map_to_image, normalize_map, overlay
 from mlc.models import MultiLabelModel, load_model
+from mlc.models.backbones import PACKAGED_LITES
 from mlc.stats import LabelStatistics
 
 VARIANTS: tuple[str, ...] = ("baseline", "ggnn", "ssgrl", "mlgcn", "gcam")
@@ -264,7 +265,7 @@ def _read_evaluation(folder: Path) -> tuple[dict | None, str]:
     return evaluation, ""
 
 
-OFFLINE_BACKBONES = ("efficientnet_lite0", "tiny")  # what a visitor's source may use: nothing to download
+OFFLINE_BACKBONES = (*PACKAGED_LITES, "tiny")  # what a visitor's source may use: nothing to download
 MAX_VISITOR_REPO_BYTES = 200 * 2**20
 HUB_PATTERNS = ["*config.json", "*eval.json", "*model.safetensors", "report.json"]
 

@@ -307,12 +307,12 @@ def test_top_block_checkpoint_stores_only_the_top_part(tmp_path, tiny_setup):
     setup = {**tiny_setup, "backbone": "efficientnet_lite0", "pretrained": True}
     model = create_model("mlgcn", **setup).eval()
     with torch.no_grad():
-        model.backbone.body.net._blocks[15]._project_conv.weight.mul_(0.5)
+        model.backbone.body.blocks()[15].conv_pwl.weight.mul_(0.5)
     model.backbone_trained = "top:15"
     folder = model.save(tmp_path / "m")
     stored = load_file(str(folder / "model.safetensors"))
     backbone_keys = [k for k in stored if k.startswith("backbone.")]
-    assert backbone_keys and all("_blocks.15." in k or "_conv_head" in k or "_bn1" in k for k in backbone_keys)
+    assert backbone_keys and all(".blocks.6.0." in k or "conv_head" in k or ".bn2." in k for k in backbone_keys)
     loaded = load_model(folder)
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
