@@ -465,3 +465,28 @@ def test_cached_views_run_end_to_end_and_resume(voc_root, tmp_path, monkeypatch)
     # training split, beside the eval split's and the frozen stage's
     names = list((tmp_path / "cache").glob("*.pt"))
     assert len(names) >= 9
+
+
+def test_cache_extraction_killed_midway_resumes_at_the_first_missing_chunk(tmp_path):
+    """A CPU cache of thousands of images takes many minutes: a kill keeps the finished chunks, the
+    next run computes only the rest, and the whole equals an uninterrupted extraction."""
+    from train.features import cached_tensor, extract_in_chunks
+
+    data = torch.arange(10 * 3, dtype=torch.float32).reshape(10, 3)
+    calls: list[list[int]] = []
+
+    def rows_then_kill(rows):
+        calls.append(rows)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return data[rows] * 2
+
+    with pytest.raises(KeyboardInterrupt):
+        cached_tensor(tmp_path, "k", lambda: extract_in_chunks(tmp_path, "k", 10, rows_then_kill, chunk=4))
+    assert len(list(tmp_path.glob("k.chunk*.pt"))) == 2 and not (tmp_path / "k.pt").exists()
+    calls.clear()
+    whole = cached_tensor(tmp_path, "k", lambda: extract_in_chunks(tmp_path, "k", 10, lambda r: calls.append(r) or data[r] * 2,
+                                                                   chunk=4))
+    assert calls == [[8, 9]]  # only the missing chunk
+    torch.testing.assert_close(whole, data * 2)
+    assert (tmp_path / "k.pt").is_file() and not list(tmp_path.glob("k.chunk*"))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from mlc.data import build_transforms
 from mlc.diagnostics import diagnose
@@ -43,7 +43,8 @@ from train.config import TrainConfig, save_config
 from train.data import build_splits, verify_images
 from train.distributed import DistEnv
 from train.features import (
-    CachedView, FeatureSet, cache_key, cached_tensor, extract_view, gather_rows, part_tag, view_choice,
+    CachedView, FeatureSet, cache_key, cached_tensor, extract_in_chunks, extract_view, gather_rows, part_tag,
+    view_choice,
 )
 
 CHECKPOINT = "checkpoint.pt"
@@ -328,10 +329,11 @@ class Trainer:
             part = backbone if cut is None else (lambda x: backbone.forward_bottom(x, cut))  # noqa: E731
             backbone.eval()
 
-            def compute() -> torch.Tensor:
-                return extract_view(part, lambda x: model.view_images(x, view), dataset, self.device,
-                                    cfg.eval_batch_size, cfg.num_workers, self.autocast, progress=self.env.is_main,
-                                    desc=f"features ({part_tag(cut)}, {tag})")
+            def compute() -> torch.Tensor:  # in chunks kept on disk: a killed extraction resumes
+                return extract_in_chunks(self.cache_dir, key, len(dataset), lambda rows: extract_view(
+                    part, lambda x: model.view_images(x, view), Subset(dataset, rows), self.device,
+                    cfg.eval_batch_size, cfg.num_workers, self.autocast, progress=self.env.is_main,
+                    desc=f"features ({part_tag(cut)}, {tag}, images {rows[0]}-{rows[-1]})"))
 
             tensor = cached_tensor(self.cache_dir, key, compute) if self.env.is_main else None
             self.env.barrier()

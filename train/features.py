@@ -85,7 +85,37 @@ def cached_tensor(cache_dir: Path, key: str, compute) -> torch.Tensor:
     tmp = path.with_suffix(f".{id(tensor)}.tmp")
     torch.save(tensor, tmp)
     tmp.replace(path)
+    remove_chunks(cache_dir, key)  # the partial results of a chunked computation, now in the whole
     return tensor
+
+
+CHUNK_IMAGES = 256  # images per cache chunk: what a kill during the extraction can cost at most
+
+
+def extract_in_chunks(cache_dir: Path, key: str, n: int, compute_rows: Callable[[list[int]], torch.Tensor],
+                      chunk: int = CHUNK_IMAGES) -> torch.Tensor:
+    """``compute_rows(range(n))`` as chunks of ``chunk`` images, each stored on disk as it completes
+    (``<key>.chunk<i>-of-<m>.pt``), so a killed extraction (a CPU run over several sessions) resumes
+    at the first missing chunk. The chunks are removed once the caller has stored the whole."""
+    starts = list(range(0, n, chunk))
+    parts = []
+    for i, start in enumerate(starts):
+        path = cache_dir / f"{key}.chunk{i:04d}-of-{len(starts):04d}.pt"
+        if path.is_file():
+            parts.append(torch.load(path, map_location="cpu", weights_only=True))
+            continue
+        tensor = compute_rows(list(range(start, min(n, start + chunk))))
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{id(tensor)}.tmp")
+        torch.save(tensor, tmp)
+        tmp.replace(path)
+        parts.append(tensor)
+    return torch.cat(parts)
+
+
+def remove_chunks(cache_dir: Path, key: str) -> None:
+    for path in cache_dir.glob(f"{key}.chunk*-of-*.pt"):
+        path.unlink(missing_ok=True)
 
 
 def gather_rows(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
