@@ -1,9 +1,10 @@
-"""Latency of the app's predict and explain requests (all five methods, 224 px, CPU).
+"""Latency of the app's predict and explain requests (all five methods, at the models' size, CPU).
 
 Usage: python bench/app_latency.py [--checkpoints checkpoints] [--requests 20] [--image examples/grace_hopper.jpg]
+       [--backbone efficientnet_lite2 --image-size 448]   (the in-memory models, when no checkpoint loads)
 
-Uses the models under ``--checkpoints`` when any loads; otherwise five EfficientNet-Lite0 models with
-the packaged ImageNet backbone and untrained heads built in memory (random label statistics and
+Uses the models under ``--checkpoints`` when any loads; otherwise five models with the packaged
+ImageNet backbone (``--backbone``, ``--image-size``) and untrained heads built in memory (random label statistics and
 embeddings: the same compute as trained ones). Prints a Markdown table of median and p90 times for
 three levels: the models alone, the handler (decode + models + figures), and a full HTTP request
 through ``gradio_client`` against the app launched on localhost (PNG encoding and queue included).
@@ -34,22 +35,24 @@ from mlc.models import create_model, list_models  # noqa: E402
 from mlc.stats import label_statistics  # noqa: E402
 
 
-def in_memory_models(seed: int = 0) -> serving.ModelSet:
-    """The five variants as shipped (packaged EfficientNet-Lite0, 224 px), heads untrained."""
+def in_memory_models(seed: int = 0, backbone: str = "efficientnet_lite0", image_size: int = 224) -> serving.ModelSet:
+    """The five variants with a packaged backbone at ``image_size`` px, heads untrained."""
     rng = np.random.default_rng(seed)
     stats = label_statistics((rng.random((500, len(VOC_CLASSES))) < 0.15).astype(np.int8), VOC_CLASSES)
     embeddings = rng.normal(size=(len(VOC_CLASSES), 50)).astype(np.float32)  # GloVe-50 sized
     models = {
-        name: create_model(name, classes=VOC_CLASSES, backbone="efficientnet_lite0", pretrained=True,
+        name: create_model(name, classes=VOC_CLASSES, backbone=backbone, pretrained=True, image_size=image_size,
                            label_stats=stats, embeddings=embeddings)
         for name in list_models()
     }
-    return serving.ModelSet.from_models(models, source="in memory: EfficientNet-Lite0, untrained heads")
+    return serving.ModelSet.from_models(models, source=f"in memory: {backbone} at {image_size} px, untrained heads")
 
 
-def load_models(checkpoints: Path) -> serving.ModelSet:
+def load_models(checkpoints: Path, backbone: str = "efficientnet_lite0", image_size: int = 224) -> serving.ModelSet:
     model_set = serving.ModelSet.load(checkpoints) if checkpoints.is_dir() else None
-    return model_set if model_set is not None and model_set.methods else in_memory_models()
+    if model_set is not None and model_set.methods:
+        return model_set
+    return in_memory_models(backbone=backbone, image_size=image_size)
 
 
 def timings(fn: Callable[[], object], requests: int, warmup: int = 2) -> np.ndarray:
@@ -71,7 +74,7 @@ def backbone_passes(model_set: serving.ModelSet, fn: Callable[[], object]) -> in
 
 
 def bare_forward(model_set: serving.ModelSet, image: Image.Image) -> Callable[[], object]:
-    """The reference: one 224 px forward of the shared backbone and one head, no app around it."""
+    """The reference: one forward (at the model's size) of the shared backbone and one head, no app around it."""
     import torch
 
     name = model_set.names[0]
@@ -112,16 +115,20 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--image", type=Path, default=ROOT / "examples" / "grace_hopper.jpg")
+    parser.add_argument("--backbone", default="efficientnet_lite0", help="in-memory models (no checkpoints)")
+    parser.add_argument("--image-size", type=int, default=224, help="in-memory models (no checkpoints)")
     args = parser.parse_args()
 
     threads = serving.configure_threads()
-    model_set = load_models(args.checkpoints)
+    model_set = load_models(args.checkpoints, args.backbone, args.image_size)
+    first = model_set.methods[model_set.names[0]].model
+    bare_row = f"bare forward: shared backbone + one head, {first.backbone_name} at {first.image_size} px"
     handlers = app.Handlers(model_set)
     image = serving.load_image(args.image).image
     path = str(args.image)
 
     rows = {
-        "bare forward: shared backbone + one head, 224 px": timings(bare_forward(model_set, image), args.requests),
+        bare_row: timings(bare_forward(model_set, image), args.requests),
         "predict, models only": timings(lambda: serving.predict_probabilities(model_set, image), args.requests),
         "predict, handler": timings(lambda: handlers.predict(path, 0.5, 5), args.requests),
         "explain, models only": timings(lambda: serving.class_maps(model_set, image, None), args.requests),
@@ -156,7 +163,7 @@ def main() -> None:
     print("|---|---:|---:|")
     for name, t in rows.items():
         print(f"| {name} | {1000 * np.median(t):.0f} | {1000 * np.percentile(t, 90):.0f} |")
-    bare = np.median(rows["bare forward: shared backbone + one head, 224 px"])
+    bare = np.median(rows[bare_row])
     print(f"\npredict / bare forward (medians): handler {np.median(rows['predict, handler']) / bare:.1f}x, "
           f"raw HTTP {np.median(rows['predict, raw HTTP (REST API, no client polling)']) / bare:.1f}x, "
           f"gradio_client {np.median(rows['predict, HTTP request']) / bare:.1f}x (target: HTTP within 4x)")

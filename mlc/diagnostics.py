@@ -16,8 +16,10 @@
   cell for CAM, attention weights summing to 1 for attention), ``la_positive`` (the same over positive
   pairs only), ``pairs``, ``empty_pairs`` and ``per_class`` lists of ``cosine`` and ``la``.
 - ``scale``: the same for G-CAM's scale term: the image's maps resized to the maps of the image
-  rescaled to ``size`` px (``ratio`` x ``input_size``, 192 px at 224 as in G-CAM) against those
-  maps; null when ``scale_ratio`` is None.
+  rescaled to ``size`` px (``ratio`` = ``size`` / ``input_size``) against those maps. The size is
+  the model's own second scale when it trains with one (G-CAM's ``scale_ratio`` / ``scale_size``),
+  else ``DEFAULT_SCALE_RATIO`` x ``input_size`` (G-CAM's 192 px at 224, so 384 px at 448); null
+  when ``scale_ratio`` is None.
 - ``graph``: null for a variant without a label graph, else the model evaluated again with its
   graph replaced by no graph (``MultiLabelModel.identity_graph``, no retraining):
   ``{"map", "map_identity", "difference" (map - map_identity), "per_class": {"ap", "ap_identity"},
@@ -41,6 +43,7 @@ from mlc.explain import flip_consistency, rescale, scale_consistency
 from mlc.localization import POINTING_TOLERANCE, LocalizationTally, centre_map, random_map, score_map
 from mlc.metrics import evaluate, nanmean
 
+DEFAULT_SCALE_RATIO = 192 / 224  # G-CAM's second scale, as a share of the input size
 MAP_UNITS = {"CAM": "logit per cell", "Grad-CAM": "gradient-weighted activation", "attention": "weight (sums to 1)"}
 
 
@@ -70,7 +73,7 @@ def diagnose(
     num_workers: int = 0,
     tolerance: float = POINTING_TOLERANCE,
     seed: int = 0,
-    scale_ratio: float | None = 192 / 224,
+    scale_ratio: float | str | None = "model",
     return_scores: bool = False,
     progress: bool = False,  # a tqdm bar over the batches (the CLI's long evaluations)
 ) -> dict[str, Any] | tuple[dict[str, Any], np.ndarray]:
@@ -78,7 +81,8 @@ def diagnose(
 
     The model's own test transform is applied here (any transform of ``dataset`` is replaced).
     ``return_scores``: also return the (N, C) probabilities of its forward passes, so a caller
-    that wants the metrics too needs no pass of its own.
+    that wants the metrics too needs no pass of its own. ``scale_ratio``: "model" (the model's own
+    second scale, see ``scale_size``), a share of the input size, or None (no scale term).
     """
     from mlc.data import build_transforms
 
@@ -96,7 +100,7 @@ def diagnose(
     tally = LocalizationTally(model.num_classes)
     logits_all, identity_all = [], []
     pairs_of = {"flip": ([], []), "scale": ([], [])}  # per transform: squared errors, cosines
-    scaled_size = None if not scale_ratio else max(32, int(round(model.image_size * float(scale_ratio))))
+    scaled_size = scale_size(model, scale_ratio)
     kind, map_size, pairs_without_boxes, centre = "", None, 0, None
     start = 0
     from tqdm import tqdm
@@ -142,7 +146,7 @@ def diagnose(
     consistency = {name: _consistency(torch.cat(sq).numpy(), torch.cat(co).numpy(), positive, kind)
                    for name, (sq, co) in pairs_of.items() if sq}
     if "scale" in consistency:
-        consistency["scale"].update(size=scaled_size, ratio=float(scale_ratio))
+        consistency["scale"].update(size=scaled_size, ratio=scaled_size / model.image_size)
     if boxes:
         localization = {"tolerance": tolerance, "pairs_without_boxes": pairs_without_boxes,
                         **{source: tally.summary(source) for source in ("method", "random", "centre")}}
@@ -160,6 +164,24 @@ def diagnose(
                      "localization": localization, "flip": consistency["flip"], "scale": consistency.get("scale"),
                      "graph": graph})
     return (result, scores) if return_scores else result
+
+
+def scale_size(model, scale_ratio: float | str | None = "model") -> int | None:
+    """Side (px) of the rescaled image the scale term compares with the model's input size.
+
+    "model": the second scale the model trains with (G-CAM's ``scaled_size``, which follows its
+    input size unless pinned), else ``DEFAULT_SCALE_RATIO`` of the input size, so a 448 px model is
+    measured at 384 px, not at a size taken from 224 px models.
+    """
+    if scale_ratio is None or scale_ratio == 0:
+        return None
+    if scale_ratio == "model":
+        own = getattr(model, "scaled_size", None)
+        size = own(model.image_size) if callable(own) else None
+        if size:
+            return int(size)
+        scale_ratio = DEFAULT_SCALE_RATIO
+    return max(32, int(round(model.image_size * float(scale_ratio))))
 
 
 def _consistency(squared_error: np.ndarray, cos: np.ndarray, positive: np.ndarray, kind: str) -> dict[str, Any]:

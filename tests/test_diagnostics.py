@@ -132,6 +132,29 @@ def test_diagnose_reports_every_part_with_baselines(voc_val, tiny_setup):
         assert diagnose(model, voc_val, batch_size=3, seed=3)["localization"]["random"] == loc["random"]
 
 
+@pytest.mark.parametrize("image_size", [64, 96])
+def test_scale_term_follows_the_model_size_and_its_own_scale(voc_val, tiny_setup, image_size):
+    """The scale pair is taken at the model's size: 192/224 of it for a model without a second
+    scale, G-CAM's own second scale (ratio or pinned size) for G-CAM, not 192/224 of 224 px."""
+    rng = np.random.default_rng(0)
+    from mlc.stats import label_statistics
+
+    setup = {**tiny_setup, "classes": voc_val.classes,
+             "label_stats": label_statistics((rng.random((40, 20)) < 0.3).astype(np.int8), voc_val.classes),
+             "embeddings": rng.normal(size=(20, 8)).astype(np.float32)}
+    cases = {
+        "baseline": ({}, round(image_size * 192 / 224)),
+        "gcam": ({"scale_ratio": 0.75}, round(image_size * 0.75)),
+        "gcam pinned": ({"scale_size": 40}, 40),  # what that G-CAM trains with at any input size
+    }
+    for label, (params, expected) in cases.items():
+        model = tiny_model(label.split()[0], setup, image_size=image_size, **params).eval()
+        scale = diagnose(model, voc_val, batch_size=6)["scale"]
+        assert scale["size"] == expected, label
+        assert scale["ratio"] == pytest.approx(expected / image_size)
+        assert diagnose(model, voc_val, batch_size=6, scale_ratio=None)["scale"] is None
+
+
 def test_diagnose_without_boxes_says_so(tmp_path, tiny_setup):
     from fixtures import make_csv
 

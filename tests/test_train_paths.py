@@ -307,12 +307,12 @@ def test_top_block_checkpoint_stores_only_the_top_part(tmp_path, tiny_setup):
     setup = {**tiny_setup, "backbone": "efficientnet_lite0", "pretrained": True}
     model = create_model("mlgcn", **setup).eval()
     with torch.no_grad():
-        model.backbone.body.net._blocks[15]._project_conv.weight.mul_(0.5)
+        model.backbone.body.blocks()[15].conv_pwl.weight.mul_(0.5)
     model.backbone_trained = "top:15"
     folder = model.save(tmp_path / "m")
     stored = load_file(str(folder / "model.safetensors"))
     backbone_keys = [k for k in stored if k.startswith("backbone.")]
-    assert backbone_keys and all("_blocks.15." in k or "_conv_head" in k or "_bn1" in k for k in backbone_keys)
+    assert backbone_keys and all(".blocks.6.0." in k or "conv_head" in k or ".bn2." in k for k in backbone_keys)
     loaded = load_model(folder)
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
@@ -386,3 +386,107 @@ def test_stage_2_starts_from_the_selected_stage_1_model(voc_root, tmp_path, monk
     final = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
     for key in ("fc.weight", "fc.bias"):
         torch.testing.assert_close(final[key], selected[key], rtol=0, atol=0)
+
+
+# -- augmentation from the cache: several cached views per image for a top-block fine-tune ------
+@pytest.mark.parametrize("image_size", [64, 96])
+def test_top_block_finetune_trains_on_cached_views_picked_per_epoch(voc_root, tmp_path, image_size):
+    """With ``cache_views: 4`` each image is cached as itself, its mirror and two seeded crops; each
+    epoch trains every image on one of them, picked from (seed, epoch, index) alone, and the rows
+    of a batch are exactly the bottom maps of the picked views (at either image size)."""
+    from train.cli import config_for
+    from train.distributed import DistEnv
+    from train.engine import Trainer
+    from train.features import CachedView, view_choice
+
+    config, _ = config_for(["--variant", "baseline", *tiny_args(voc_root, tmp_path, f"views{image_size}",
+                                                                finetune="top:3", cache_views=4,
+                                                                image_size=image_size)])
+    trainer = Trainer(config, DistEnv())
+    trainer.build()
+    stage = trainer.stages[1]
+    trainer.enter_stage(stage)
+    fit_rows = trainer.splits.fit_indices
+    train = trainer.splits.train.with_transform(trainer.test_transform)
+    backbone = trainer.model.backbone.eval()
+    cells = image_size // 8  # three stride-2 blocks below the cut
+    picked = {}
+    for epoch in (1, 2):
+        batches = list(trainer.train_batches(stage, epoch))
+        again = list(trainer.train_batches(stage, epoch))
+        assert all(torch.equal(a["image"], b["image"]) for a, b in zip(batches, again))
+        sampler = trainer.sampler(len(trainer.splits.fit), shuffle=True)
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        rows = torch.cat([b["image"] for b in batches])
+        assert rows.shape[1:] == (16, cells, cells)
+        for position, i in enumerate(order[:6]):
+            view = view_choice(config.seed, epoch, i, 4)
+            picked[(epoch, i)] = view
+            t = int(fit_rows[i])
+            x = train[t][0] if view == 0 else CachedView(train, view)[t][0]
+            with torch.no_grad():
+                expected = backbone.forward_bottom(x[None], 3)[0]
+            torch.testing.assert_close(rows[position], expected, rtol=0, atol=1e-6)
+    assert len(set(picked.values())) > 1  # the views differ from image to image and epoch to epoch
+    # the mirror view is the image mirrored; a crop keeps the labels and differs from the image
+    x0, y0 = train[0]
+    torch.testing.assert_close(CachedView(train, 1)[0][0], x0.flip(-1))
+    x2, y2 = CachedView(train, 2)[0]
+    assert torch.equal(y0, y2) and x2.shape == x0.shape and not torch.equal(x2, x0)
+    assert torch.equal(CachedView(train, 2)[0][0], x2)  # seeded: the same crop every time
+
+
+def test_cached_views_run_end_to_end_and_resume(voc_root, tmp_path, monkeypatch):
+    """G-CAM (three views of its own) on three cached views per image; killed in stage 2's second
+    epoch and resumed, it ends with the weights of the uninterrupted run."""
+    from train.engine import Trainer
+
+    args = ["fit", "--variant", "gcam", *tiny_args(voc_root, tmp_path, "views", stage1_epochs=1, stage2_epochs=2,
+                                                   finetune="top:3", cache_views=3, cache_dir=tmp_path / "cache")]
+    assert main(args + ["--group", "straight"]) == 0
+    original = Trainer.train_epoch
+
+    def killed_in_epoch_3(self, stage, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("killed")
+        return original(self, stage, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        main(args + ["--group", "killed"])
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    assert main(args + ["--group", "killed", "--resume"]) == 0
+    straight, resumed = (torch.load(tmp_path / g / "gcam" / "checkpoint.pt", weights_only=False)["model"]
+                         for g in ("straight", "killed"))
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
+    # the image, its mirror and one crop, for each of G-CAM's three views: 9 bottom caches of the
+    # training split, beside the eval split's and the frozen stage's
+    names = list((tmp_path / "cache").glob("*.pt"))
+    assert len(names) >= 9
+
+
+def test_cache_extraction_killed_midway_resumes_at_the_first_missing_chunk(tmp_path):
+    """A CPU cache of thousands of images takes many minutes: a kill keeps the finished chunks, the
+    next run computes only the rest, and the whole equals an uninterrupted extraction."""
+    from train.features import cached_tensor, extract_in_chunks
+
+    data = torch.arange(10 * 3, dtype=torch.float32).reshape(10, 3)
+    calls: list[list[int]] = []
+
+    def rows_then_kill(rows):
+        calls.append(rows)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return data[rows] * 2
+
+    with pytest.raises(KeyboardInterrupt):
+        cached_tensor(tmp_path, "k", lambda: extract_in_chunks(tmp_path, "k", 10, rows_then_kill, chunk=4))
+    assert len(list(tmp_path.glob("k.chunk*.pt"))) == 2 and not (tmp_path / "k.pt").exists()
+    calls.clear()
+    whole = cached_tensor(tmp_path, "k", lambda: extract_in_chunks(tmp_path, "k", 10, lambda r: calls.append(r) or data[r] * 2,
+                                                                   chunk=4))
+    assert calls == [[8, 9]]  # only the missing chunk
+    torch.testing.assert_close(whole, data * 2)
+    assert (tmp_path / "k.pt").is_file() and not list(tmp_path.glob("k.chunk*"))

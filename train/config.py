@@ -70,6 +70,7 @@ class TrainConfig:
     stage2_lr: float = 1e-4
     stage2_min_lr: float = 1e-6
     finetune: str = "all"  # stage 2: "all" layers on images, or "top:K" = backbone blocks K.. on cached bottom maps
+    cache_views: int = 1  # "top:K": cached views per image (1 image, 2 + mirror, 3.. + seeded crops); one per epoch
     stage2_from_best: bool = True  # stage 2 starts from the stage-1 epoch the selection split chose, not the last
     batch_size: int = 32  # global batch, split over processes
     eval_batch_size: int = 64
@@ -111,6 +112,7 @@ class TrainConfig:
             "stage2_epochs": (self.stage2_epochs >= 0, "0 or more"),
             "num_workers": (self.num_workers >= 0, "0 or more"),
             "seeds": (self.seeds >= 1, "1 or more"),
+            "cache_views": (self.cache_views >= 1, "1 or more (1: the image only, 2: and its mirror, 3..: and seeded crops)"),
             "eval_fraction": (0.0 < self.eval_fraction < 1.0, "in (0, 1)"),
             "finetune": (_valid_finetune(self.finetune), "'all' or 'top:K' with K a block index"),
         }

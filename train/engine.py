@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from mlc.data import build_transforms
 from mlc.diagnostics import diagnose
@@ -44,7 +44,8 @@ from train.config import TrainConfig, save_config
 from train.data import build_splits, verify_images
 from train.distributed import DistEnv
 from train.features import (
-    FeatureSet, cache_key, cached_tensor, extract_view, gather_rows, part_tag, weights_digest,
+    CachedView, FeatureSet, cache_key, cached_tensor, extract_in_chunks, extract_view, gather_rows, part_tag,
+    view_choice, weights_digest,
 )
 
 CHECKPOINT = "checkpoint.pt"
@@ -286,9 +287,10 @@ class Trainer:
         return True, top_cut(trained)
 
     def features(self, split: str, views: tuple[str, ...], cut: int | None, model: MultiLabelModel | None = None,
-                 trained: str | None = None) -> FeatureSet:
+                 trained: str | None = None, augmented: int = 0) -> FeatureSet:
         """Cached maps of a split's views from the frozen part (the whole backbone, or the blocks
-        below ``cut``) of ``model`` (default: the model being trained).
+        below ``cut``) of ``model`` (default: the model being trained). ``augmented``: which cached
+        view of each image (``train.features.CachedView``; 0 = the image itself).
 
         The fit and selection splits are rows of the training split's cache, so seeds (which
         draw the selection split) share one cache.
@@ -301,6 +303,8 @@ class Trainer:
             dataset = self.splits.train
             rows = self.splits.fit_indices if split == "fit" else self.splits.selection_indices
         dataset = dataset.with_transform(self.test_transform)
+        if augmented:
+            dataset = CachedView(dataset, augmented)
         maps = {}
         for view in views:
             key = self.view_features(dataset, view, cut, model, trained)
@@ -309,7 +313,7 @@ class Trainer:
                 part = full if rows is None else full[torch.from_numpy(rows)]
                 self._feature_cache[(key, split)] = part.pin_memory() if self.device.type == "cuda" else part
             maps[view] = self._feature_cache[(key, split)]
-        labels = dataset.labels if rows is None else dataset.labels[rows]
+        labels = self.splits.evaluation.labels if rows is None else self.splits.train.labels[rows]
         return FeatureSet(views=maps, targets=torch.from_numpy(labels.astype(np.float32)))
 
     def view_features(self, dataset, view: str, cut: int | None, model: MultiLabelModel, trained: str | None) -> str:
@@ -325,17 +329,20 @@ class Trainer:
             state = {k: v for k, v in state.items() if k not in top}
         weights = f"{cfg.backbone}:{weights_digest(state)}"
         probe = model.view_images(torch.zeros(1, 3, cfg.image_size, cfg.image_size), view)
-        key = cache_key(weights, part_tag(cut), cfg.image_size, dataset, view, probe.shape[-1],
+        # an augmented view of the images is another view (view 0, the image itself, keeps its old key)
+        tag = view if not isinstance(dataset, CachedView) else f"{view}@view{dataset.view}"
+        key = cache_key(weights, part_tag(cut), cfg.image_size, dataset, tag, probe.shape[-1],
                         precision="bf16" if self.autocast else "float32")
         if key not in self._feature_cache:
             backbone = model.backbone
             part = backbone if cut is None else (lambda x: backbone.forward_bottom(x, cut))  # noqa: E731
             backbone.eval()
 
-            def compute() -> torch.Tensor:
-                return extract_view(part, lambda x: model.view_images(x, view), dataset, self.device,
-                                    cfg.eval_batch_size, cfg.num_workers, self.autocast, progress=self.env.is_main,
-                                    desc=f"features ({part_tag(cut)}, {view})")
+            def compute() -> torch.Tensor:  # in chunks kept on disk: a killed extraction resumes
+                return extract_in_chunks(self.cache_dir, key, len(dataset), lambda rows: extract_view(
+                    part, lambda x: model.view_images(x, view), Subset(dataset, rows), self.device,
+                    cfg.eval_batch_size, cfg.num_workers, self.autocast, progress=self.env.is_main,
+                    desc=f"features ({part_tag(cut)}, {tag}, images {rows[0]}-{rows[-1]})"))
 
             tensor = cached_tensor(self.cache_dir, key, compute) if self.env.is_main else None
             self.env.barrier()
@@ -355,16 +362,35 @@ class Trainer:
             )
         return self._loaders[augment]
 
+    def cached_views(self, stage: Stage) -> int:
+        """How many cached views of each image a stage trains on (augmentation from the cache):
+        ``cache_views`` for a top-block fine-tune, else 1 (the frozen stage's full maps are big)."""
+        return self.config.cache_views if stage.cut is not None else 1
+
     def train_batches(self, stage: Stage, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         if self.uses_cache(stage):
             sampler = self.sampler(len(self.splits.fit), shuffle=True)
             sampler.set_epoch(epoch)
-            fs = self.features("fit", self.step_module.views(), stage.cut)
+            n_views = self.cached_views(stage)
+            sets = [self.features("fit", self.step_module.views(), stage.cut, augmented=v) for v in range(n_views)]
             indices = torch.tensor(list(sampler))
+            # each image's view this epoch: a function of (seed, epoch, index) only
+            choice = torch.tensor([view_choice(self.config.seed, epoch, int(i), n_views) for i in indices])
             for start in range(0, len(indices), self.per_rank_batch):
                 idx = indices[start:start + self.per_rank_batch]
-                batch = {view: gather_rows(maps, idx) for view, maps in fs.views.items()}
-                batch["targets"] = fs.targets[idx]
+                if n_views == 1:
+                    batch = {view: gather_rows(maps, idx) for view, maps in sets[0].views.items()}
+                else:
+                    picked = choice[start:start + self.per_rank_batch]
+                    batch = {}
+                    for view, maps in sets[0].views.items():
+                        out = torch.empty((len(idx), *maps.shape[1:]), dtype=maps.dtype)
+                        for v, fs in enumerate(sets):
+                            rows = (picked == v).nonzero().flatten()
+                            if len(rows):
+                                out[rows] = fs.views[view][idx[rows]]
+                        batch[view] = out
+                batch["targets"] = sets[0].targets[idx]
                 yield batch
             return
         loader = self.loader(stage.augment)

@@ -112,7 +112,37 @@ def cached_tensor(cache_dir: Path, key: str, compute) -> torch.Tensor:
     tmp = path.with_suffix(f".{id(tensor)}.tmp")
     torch.save(tensor, tmp)
     tmp.replace(path)
+    remove_chunks(cache_dir, key)  # the partial results of a chunked computation, now in the whole
     return tensor
+
+
+CHUNK_IMAGES = 256  # images per cache chunk: what a kill during the extraction can cost at most
+
+
+def extract_in_chunks(cache_dir: Path, key: str, n: int, compute_rows: Callable[[list[int]], torch.Tensor],
+                      chunk: int = CHUNK_IMAGES) -> torch.Tensor:
+    """``compute_rows(range(n))`` as chunks of ``chunk`` images, each stored on disk as it completes
+    (``<key>.chunk<i>-of-<m>.pt``), so a killed extraction (a CPU run over several sessions) resumes
+    at the first missing chunk. The chunks are removed once the caller has stored the whole."""
+    starts = list(range(0, n, chunk))
+    parts = []
+    for i, start in enumerate(starts):
+        path = cache_dir / f"{key}.chunk{i:04d}-of-{len(starts):04d}.pt"
+        if path.is_file():
+            parts.append(torch.load(path, map_location="cpu", weights_only=True))
+            continue
+        tensor = compute_rows(list(range(start, min(n, start + chunk))))
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{id(tensor)}.tmp")
+        torch.save(tensor, tmp)
+        tmp.replace(path)
+        parts.append(tensor)
+    return torch.cat(parts)
+
+
+def remove_chunks(cache_dir: Path, key: str) -> None:
+    for path in cache_dir.glob(f"{key}.chunk*-of-*.pt"):
+        path.unlink(missing_ok=True)
 
 
 def gather_rows(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -122,3 +152,64 @@ def gather_rows(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return source[index]
     out = torch.empty((len(index), *source.shape[1:]), dtype=source.dtype, pin_memory=True)
     return torch.index_select(source, 0, index, out=out)
+
+
+# -- augmented views a cache can hold --------------------------------------------------------------
+CROP_AREA = (0.5, 1.0)  # share of the image a cached crop keeps: most objects stay in the picture
+CROP_ASPECT = (3 / 4, 4 / 3)
+
+
+def crop_box(view: int, index: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """The seeded crop (left, top, right, bottom) of cached view ``view`` >= 2 of image ``index``.
+
+    Seeded by (view, index) only, not by the run seed, so the seeds of a group share one cache.
+    """
+    import math
+    import random
+
+    rng = random.Random(view * 1_000_003 + index)
+    area = rng.uniform(*CROP_AREA) * width * height
+    aspect = math.exp(rng.uniform(math.log(CROP_ASPECT[0]), math.log(CROP_ASPECT[1])))
+    w = max(1, min(width, int(round(math.sqrt(area * aspect)))))
+    h = max(1, min(height, int(round(math.sqrt(area / aspect)))))
+    left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+    return left, top, left + w, top + h
+
+
+class CachedView(torch.utils.data.Dataset):
+    """View ``view`` of every image of a dataset (whose transform is the deterministic test
+    transform), as a top-block fine-tune can train on it from a cache: 0 the image, 1 its mirror,
+    2.. seeded crops (each mirrored or not, seeded too). Deterministic, so computing it once is exact."""
+
+    def __init__(self, dataset: MultiLabelDataset, view: int):
+        if view < 1:
+            raise ValueError("view 0 is the dataset itself")
+        self.dataset, self.view = dataset, view
+
+    @property
+    def image_paths(self):
+        return self.dataset.image_paths
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        import random
+
+        image = self.dataset.load_image(i)
+        mirror = self.view == 1
+        if self.view >= 2:
+            image = image.crop(crop_box(self.view, i, *image.size))
+            mirror = random.Random(self.view * 7_919 + i).random() < 0.5
+        x = self.dataset.transform(image)
+        return (x.flip(-1) if mirror else x), torch.from_numpy(self.dataset.labels[i].astype("float32"))
+
+
+def view_choice(seed: int, epoch: int, index: int, views: int) -> int:
+    """Which cached view image ``index`` (of the fit split) trains on in ``epoch``: a function of
+    (run seed, epoch, index) only, so a resumed run and any worker count pick the same ones."""
+    import random
+
+    if views <= 1:
+        return 0
+    return random.Random(((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63)).randrange(views)

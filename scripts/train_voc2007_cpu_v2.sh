@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# CPU recipe v2 for the shipped models: EfficientNet-Lite2 at 448 px on full-resolution VOC 2007
+# (train/configs/voc2007-cpu-v2/), all five variants, SEEDS seeds (3): stage 1 on cached frozen
+# maps, stage 2 the last three blocks on four cached views per image (top:18, cache_views 4).
+# It takes hours on 2 cores and a session may end first, so everything resumes: each run with
+# --resume from its checkpoint.pt (a finished run, one with eval.json, is skipped), each feature
+# cache from its finished chunks of 256 images (runs/<group>/feature_cache/). Run it again to go on.
+#   scripts/train_voc2007_cpu_v2.sh [run] [extra flags for python -m train fit]   train what is left, then the report
+#   scripts/train_voc2007_cpu_v2.sh status                                      which runs are done
+#   scripts/train_voc2007_cpu_v2.sh ship                                        copy the first seed into checkpoints/
+# DATA (default ../shared/data/voc2007-full), SEEDS (3), OUT (runs) may be set in the environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CONFIGS=train/configs/voc2007-cpu-v2
+DATA=${DATA:-../shared/data/voc2007-full}
+SEEDS=${SEEDS:-3}
+OUT=${OUT:-runs}
+GROUP=voc2007-cpu-v2
+VARIANTS=(baseline ggnn ssgrl mlgcn gcam)
+ACTION=${1:-run}
+[[ $# -gt 0 ]] && shift
+
+run_dir() {  # seed variant -> the run's folder (as `train all --seeds` lays them out)
+  if [[ $1 == 0 ]]; then echo "$OUT/$GROUP/$2"; else echo "$OUT/$GROUP/seed$1/$2"; fi
+}
+
+status() {
+  python - "$OUT/$GROUP" "$SEEDS" "${VARIANTS[@]}" <<'PY'
+import json, sys
+from pathlib import Path
+import torch
+group, seeds, variants = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+done = 0
+print(f"{group}: run, state, epochs, val mAP, minutes")
+for seed in range(seeds):
+    for variant in variants:
+        run = group / variant if seed == 0 else group / f"seed{seed}" / variant
+        name = f"seed {seed} {variant}"
+        if (run / "eval.json").is_file():
+            result = json.loads((run / "eval.json").read_text())
+            done += 1
+            print(f"  {name:18} done     epoch {result['selected_epoch']} selected  "
+                  f"mAP {100 * result['metrics']['map']:.2f}  {result['train_seconds'] / 60:.0f} min")
+        elif (run / "checkpoint.pt").is_file():
+            state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+            print(f"  {name:18} partial  {state['epoch']} epoch(s) trained (resumes there)")
+        else:
+            print(f"  {name:18} to do")
+cache = group / "feature_cache"
+whole = sorted(cache.glob("*.pt")) if cache.is_dir() else []
+chunks = [p for p in whole if ".chunk" in p.name]
+print(f"{done} of {seeds * len(variants)} runs done; feature cache: {len(whole) - len(chunks)} finished tensor(s), "
+      f"{len(chunks)} chunk(s) of unfinished ones ({sum(p.stat().st_size for p in whole) / 2**30:.1f} GiB)")
+print("report:", "written" if (group / "report.json").is_file() else "not yet")
+PY
+}
+
+case "$ACTION" in
+  status) status ;;
+  run)
+    for ((seed = 0; seed < SEEDS; seed++)); do
+      for variant in "${VARIANTS[@]}"; do
+        dir=$(run_dir "$seed" "$variant")
+        if [[ -f "$dir/eval.json" ]]; then echo "done: $dir"; continue; fi
+        group=$GROUP; [[ $seed == 0 ]] || group="$GROUP/seed$seed"
+        # as `train all --seeds`: one cache for the group, diagnostics for the first seed only
+        python -m train fit --config-dir "$CONFIGS" --variant "$variant" --data-root "$DATA" --output-dir "$OUT" \
+          --seed "$seed" --seeds 1 --group "$group" --cache-dir "$OUT/$GROUP/feature_cache" \
+          --diagnostics "$([[ $seed == 0 ]] && echo true || echo false)" --resume "$@"
+      done
+    done
+    python -m train report "$OUT/$GROUP"
+    status
+    ;;
+  ship)
+    python -m train push "$OUT/$GROUP" --dry-run
+    rm -rf checkpoints/*/
+    cp -r "$OUT/$GROUP"/hub_upload/*/ checkpoints/
+    cp "$OUT/$GROUP/report.md" checkpoints/REPORT.md
+    cp "$OUT/$GROUP/report.json" checkpoints/report.json
+    du -sh checkpoints
+    ;;
+  *) echo "usage: $0 [run|status|ship] [extra flags for python -m train fit]" >&2; exit 2 ;;
+esac

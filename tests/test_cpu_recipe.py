@@ -1,0 +1,44 @@
+"""scripts/train_voc2007_cpu_v2.sh: its configs resolve to what it promises, and its status
+command tells done, partial and missing runs apart (the recipe spans sessions)."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import VARIANTS
+from train.cli import config_for
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "train_voc2007_cpu_v2.sh"
+CONFIGS = ROOT / "train" / "configs" / "voc2007-cpu-v2"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cpu_v2_configs_are_lite2_at_448_with_a_cut_it_has(variant):
+    config, _ = config_for(["--config-dir", str(CONFIGS), "--variant", variant])
+    assert (config.backbone, config.image_size, config.group) == ("efficientnet_lite2", 448, "voc2007-cpu-v2")
+    assert config.data_root.endswith("voc2007-full") and config.cache_views == 4
+    assert config.finetune == "top:18" and config.seeds == 3 and not config.stage1_augment
+
+
+def test_status_tells_done_partial_and_missing_runs(tmp_path):
+    group = tmp_path / "voc2007-cpu-v2"
+    (group / "baseline").mkdir(parents=True)
+    (group / "baseline" / "eval.json").write_text(json.dumps(
+        {"selected_epoch": 31, "metrics": {"map": 0.8812}, "train_seconds": 1800}))
+    (group / "seed1" / "ggnn").mkdir(parents=True)
+    torch.save({"epoch": 7, "history": {"rows": []}}, group / "seed1" / "ggnn" / "checkpoint.pt")
+    (group / "feature_cache").mkdir()
+    torch.save(torch.zeros(1), group / "feature_cache" / "abc.pt")
+    torch.save(torch.zeros(1), group / "feature_cache" / "def.chunk0000-of-0002.pt")
+    out = subprocess.run(["bash", str(SCRIPT), "status"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OUT": str(tmp_path), "SEEDS": "2"})
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[2] + "/" + line.split()[1]: line for line in out.stdout.splitlines() if line.startswith("  seed")}
+    assert "done" in lines["baseline/0"] and "88.12" in lines["baseline/0"] and "30 min" in lines["baseline/0"]
+    assert "partial" in lines["ggnn/1"] and "7 epoch" in lines["ggnn/1"]
+    assert "to do" in lines["gcam/1"] and len(lines) == 2 * len(VARIANTS)
+    assert "1 of 10 runs done" in out.stdout and "1 finished tensor(s), 1 chunk(s)" in out.stdout
