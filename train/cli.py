@@ -20,7 +20,14 @@ from pathlib import Path
 import yaml
 
 from train.config import (
-    ConfigError, TrainConfig, add_config_arguments, config_path_for, default_variant, load_yaml, resolve_config, variants,
+    ConfigError,
+    TrainConfig,
+    add_config_arguments,
+    config_path_for,
+    default_variant,
+    load_yaml,
+    resolve_config,
+    variants,
 )
 
 

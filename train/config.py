@@ -156,8 +156,8 @@ def _kind_of(value: Any) -> str:
 def check_model_params(variant: str, params: dict[str, Any]) -> dict[str, Any]:
     """Variant hyper-parameters checked against the variant's own defaults: unknown keys and values
     of the wrong kind (``tau=abc``) are refused with the key named, before any data is read."""
-    from mlc.models import registry
     import mlc.models  # noqa: F401  (registers the variants)
+    from mlc.models import registry
 
     defaults = registry.get_model_class(variant).defaults
     unknown = sorted(set(params) - set(defaults))

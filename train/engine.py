@@ -14,113 +14,36 @@ the cached views are exactly what the top blocks see, and cheap enough for a CPU
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-import random
-import shutil
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler
 
 from mlc.data import build_transforms
-from mlc.diagnostics import diagnose
 from mlc.embeddings import label_embeddings
 from mlc.metrics import evaluate
-from mlc.models import MultiLabelModel, create_model, load_model
+from mlc.models import MultiLabelModel, create_model
 from mlc.models.base import top_cut
 from mlc.models.registry import get_model_class
 from mlc.stats import label_statistics
+from train.checkpoint import Checkpointing
 from train.config import TrainConfig, save_config
+from train.constants import CHECKPOINT, LOG_EVERY
 from train.data import build_splits, verify_images
 from train.distributed import DistEnv
+from train.evaluation import Evaluation
+from train.feature_store import FeatureStore
 from train.features import (
-    CachedView, FeatureSet, cache_key, cached_tensor, extract_in_chunks, extract_view, gather_rows, part_tag,
-    view_choice, weights_digest,
+    gather_rows,
+    view_choice,
 )
-
-CHECKPOINT = "checkpoint.pt"
-# what a run writes into its folder besides config.yaml / split.json (rewritten at its start)
-RUN_OUTPUTS = ("model", "model_stage1", "metrics.csv", "metrics.json", CHECKPOINT, CHECKPOINT + ".tmp",
-               "eval.json", "eval_scores.npz", "tensorboard")
-LOG_EVERY = 20  # steps between progress-bar updates (each reads the loss from the device)
-
-
-@dataclass
-class Stage:
-    index: int  # 1 = frozen backbone, 2 = all layers / top blocks
-    epochs: int
-    lr: float
-    min_lr: float
-    augment: bool
-    cut: int | None = None  # stage 2 "top:K": blocks K.. train on cached bottom features
-
-    @property
-    def trained_part(self) -> str | None:
-        """The part of the backbone this stage trains: None (frozen), "top:K" or "all"."""
-        if self.index == 1:
-            return None
-        return "all" if self.cut is None else f"top:{self.cut}"
-
-
-@dataclass
-class History:
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    best_map: float = -math.inf
-    best_epoch: int = -1
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63)
-
-
-class EpochSeededSampler(Sampler):
-    """Yields (index, seed) pairs: the seed of an item's augmentation depends on (run seed, epoch,
-    index) only, so persistent workers, any worker count and ``--resume`` all give the same images."""
-
-    def __init__(self, sampler: DistributedSampler, seed: int):
-        self.sampler, self.seed, self.epoch = sampler, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.sampler.set_epoch(epoch)
-
-    def __iter__(self):
-        return ((i, item_seed(self.seed, self.epoch, i)) for i in self.sampler)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-
-class SeededItems(Dataset):
-    """Dataset wrapper for ``EpochSeededSampler``: seeds torch's RNG per item before transforming."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        index, seed = key
-        torch.manual_seed(seed)
-        random.seed(seed)
-        return self.dataset[index]
+from train.sampling import EpochSeededSampler, SeededItems, item_seed, seed_everything  # noqa: E402,F401
+from train.stages import History, Stage  # noqa: E402,F401
 
 
 class TrainStep(nn.Module):
@@ -150,7 +73,7 @@ class TrainStep(nn.Module):
         return model.training_loss(features, targets, self.difficult_as_positive)
 
 
-class Trainer:
+class Trainer(FeatureStore, Checkpointing, Evaluation):
     def __init__(self, config: TrainConfig, env: DistEnv):
         self.config = config
         self.env = env
@@ -275,79 +198,6 @@ class Trainer:
             range(n), num_replicas=self.env.world_size, rank=self.env.rank, shuffle=shuffle, seed=self.config.seed
         )
 
-    @staticmethod
-    def cache_source(trained: str | None) -> tuple[bool, int | None]:
-        """(usable, cut): which cached part of a backbone whose ``trained`` part training changed is
-        still exact. The whole backbone before stage 2; the bottom below K after a "top:K"
-        fine-tune; none after all layers trained."""
-        if trained is None:
-            return True, None
-        if trained == "all":
-            return False, None
-        return True, top_cut(trained)
-
-    def features(self, split: str, views: tuple[str, ...], cut: int | None, model: MultiLabelModel | None = None,
-                 trained: str | None = None, augmented: int = 0) -> FeatureSet:
-        """Cached maps of a split's views from the frozen part (the whole backbone, or the blocks
-        below ``cut``) of ``model`` (default: the model being trained). ``augmented``: which cached
-        view of each image (``train.features.CachedView``; 0 = the image itself).
-
-        The fit and selection splits are rows of the training split's cache, so seeds (which
-        draw the selection split) share one cache.
-        """
-        if model is None:
-            model, trained = self.model, self.trained_part
-        if split == "evaluation":
-            dataset, rows = self.splits.evaluation, None
-        else:
-            dataset = self.splits.train
-            rows = self.splits.fit_indices if split == "fit" else self.splits.selection_indices
-        dataset = dataset.with_transform(self.test_transform)
-        if augmented:
-            dataset = CachedView(dataset, augmented)
-        maps = {}
-        for view in views:
-            key = self.view_features(dataset, view, cut, model, trained)
-            if (key, split) not in self._feature_cache:  # rows of the split, pinned once for fast copies
-                full = self._feature_cache[key]
-                part = full if rows is None else full[torch.from_numpy(rows)]
-                self._feature_cache[(key, split)] = part.pin_memory() if self.device.type == "cuda" else part
-            maps[view] = self._feature_cache[(key, split)]
-        labels = self.splits.evaluation.labels if rows is None else self.splits.train.labels[rows]
-        return FeatureSet(views=maps, targets=torch.from_numpy(labels.astype(np.float32)))
-
-    def view_features(self, dataset, view: str, cut: int | None, model: MultiLabelModel, trained: str | None) -> str:
-        """Compute (or read) one view's cached maps; returns their key in ``self._feature_cache``."""
-        cfg = self.config
-        usable, model_cut = self.cache_source(trained)
-        if not usable or (model_cut is not None and (cut is None or cut > model_cut)):
-            raise RuntimeError(f"the {part_tag(cut)} features of a backbone trained as {trained!r} "
-                               "are not its pretrained ones and cannot be cached")
-        state = model.backbone.state_dict()
-        if cut is not None:  # only the bottom is cached: the top's weights do not change its maps
-            top = model.backbone.top_state_names(cut)
-            state = {k: v for k, v in state.items() if k not in top}
-        weights = f"{cfg.backbone}:{weights_digest(state)}"
-        probe = model.view_images(torch.zeros(1, 3, cfg.image_size, cfg.image_size), view)
-        # an augmented view of the images is another view (view 0, the image itself, keeps its old key)
-        tag = view if not isinstance(dataset, CachedView) else f"{view}@view{dataset.view}"
-        key = cache_key(weights, part_tag(cut), cfg.image_size, dataset, tag, probe.shape[-1],
-                        precision="bf16" if self.autocast else "float32")
-        if key not in self._feature_cache:
-            backbone = model.backbone
-            part = backbone if cut is None else (lambda x: backbone.forward_bottom(x, cut))  # noqa: E731
-            backbone.eval()
-
-            def compute() -> torch.Tensor:  # in chunks kept on disk: a killed extraction resumes
-                return extract_in_chunks(self.cache_dir, key, len(dataset), lambda rows: extract_view(
-                    part, lambda x: model.view_images(x, view), Subset(dataset, rows), self.device,
-                    cfg.eval_batch_size, cfg.num_workers, self.autocast, progress=self.env.is_main,
-                    desc=f"features ({part_tag(cut)}, {tag}, images {rows[0]}-{rows[-1]})"))
-
-            tensor = cached_tensor(self.cache_dir, key, compute) if self.env.is_main else None
-            self.env.barrier()
-            self._feature_cache[key] = tensor if tensor is not None else cached_tensor(self.cache_dir, key, compute)
-        return key
 
     def loader(self, augment: bool) -> DataLoader:
         """One DataLoader per transform, kept for the run (persistent workers)."""
@@ -362,10 +212,6 @@ class Trainer:
             )
         return self._loaders[augment]
 
-    def cached_views(self, stage: Stage) -> int:
-        """How many cached views of each image a stage trains on (augmentation from the cache):
-        ``cache_views`` for a top-block fine-tune, else 1 (the frozen stage's full maps are big)."""
-        return self.config.cache_views if stage.cut is not None else 1
 
     def train_batches(self, stage: Stage, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         if self.uses_cache(stage):
@@ -450,106 +296,9 @@ class Trainer:
         self.scheduler.step()
         return loss.detach().float()
 
-    @torch.no_grad()
-    def predict(self, split: str, use_cache: bool, model: MultiLabelModel | None = None,
-                trained: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities (float32 forward: no autocast) and targets of a split, in dataset order
-        (sharded over processes). ``trained``: the part of ``model``'s backbone training changed."""
-        if model is None:
-            model, trained = self.model, self.trained_part
-        model.eval()
-        dataset = {"fit": self.splits.fit, "selection": self.splits.selection, "evaluation": self.splits.evaluation}[split]
-        sampler = self.sampler(len(dataset), shuffle=False)
-        indices = list(sampler)
-        scores = []
-        if use_cache:
-            usable, cut = self.cache_source(trained)
-            fs = self.features(split, ("image",), cut, model, trained)
-            for start in range(0, len(indices), self.config.eval_batch_size):
-                idx = torch.tensor(indices[start:start + self.config.eval_batch_size])
-                x = fs.features[idx].to(self.device)
-                if cut is not None:
-                    x = model.backbone.forward_top(x, cut)
-                scores.append(model.forward_head(x).logits.float().sigmoid().cpu())
-        else:
-            loader = DataLoader(dataset.with_transform(self.test_transform), batch_size=self.config.eval_batch_size,
-                                sampler=sampler, num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda")
-            for images, _ in loader:
-                images = self.to_device({"images": images})["images"]
-                scores.append(model(images).float().sigmoid().cpu())
-        local = (indices, torch.cat(scores).numpy() if scores else np.zeros((0, len(dataset.classes))))
-        merged = np.zeros((len(dataset), len(dataset.classes)), dtype=np.float64)
-        for idx, part in self.env.all_gather_object(local):
-            merged[idx] = part  # DistributedSampler pads by repeating indices: same rows, same values
-        return merged, dataset.labels.astype(np.int64)
 
     # -- checkpoints ------------------------------------------------------------------------
-    def save_checkpoint(self, epoch: int, history: History) -> None:
-        state = {
-            "epoch": epoch, "stage": self.current_stage, "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "history": _plain(vars(history)), "backbone_trained": self.model.backbone_trained,
-            "trained_part": self.trained_part,
-        }
-        tmp = self.run_dir / (CHECKPOINT + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.run_dir / CHECKPOINT)
 
-    def load_checkpoint(self) -> tuple[int, History]:
-        """Restore a run from its checkpoint. Read with ``weights_only=True`` (tensors, dicts, lists,
-        numbers, strings): a checkpoint someone hands you cannot run code. A file that is not such a
-        checkpoint, or does not fit this run, is refused (ValueError: one line) before anything changes."""
-        path = self.run_dir / CHECKPOINT
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as err:  # noqa: BLE001  (pickle, zip and EOF errors alike: all mean "not loadable")
-            raise ValueError(f"{path} is not a checkpoint that can be loaded safely ({_load_error_reason(err)}); "
-                             "remove it to start afresh, or run without --resume") from None
-        try:
-            return self._restore(state)
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
-            raise ValueError(f"{path} does not fit this run ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0][:200] if str(err) else 'bad entry'}); "
-                             "remove it to start afresh, or run without --resume") from None
-
-    def _restore(self, state: dict[str, Any]) -> tuple[int, History]:
-        if not isinstance(state, dict):
-            raise TypeError(f"it holds a {type(state).__name__}, not a dict")
-        epoch = int(state["epoch"])
-        self.model.load_state_dict(state["model"])
-        stage, _ = self.stage_of(epoch) if epoch < self.total_epochs else (None, None)
-        if stage is not None and stage.index == state["stage"]:  # resume inside the same stage
-            self.enter_stage(stage)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.trained_part = state.get("trained_part")
-        if "backbone_trained" in state:
-            self.model.backbone_trained = state["backbone_trained"]
-        else:  # checkpoints written before top-block fine-tuning existed
-            self.model.backbone_is_pretrained = state["backbone_is_pretrained"]
-        return epoch, History(**state["history"])
-
-    def write_metrics(self, history: History, writer) -> None:
-        """metrics.csv / metrics.json rewritten whole from the history (atomic): after a kill and
-        ``--resume`` they hold each epoch once, as the checkpoint does."""
-        rows = history.rows
-        fields: list[str] = []
-        for row in rows:
-            fields += [k for k in row if k not in fields]
-        buffer = io.StringIO()
-        w = csv.DictWriter(buffer, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-        for name, text in (("metrics.csv", buffer.getvalue()), ("metrics.json", json.dumps(rows, indent=1))):
-            tmp = self.run_dir / f"{name}.tmp"
-            tmp.write_text(text)
-            tmp.replace(self.run_dir / name)
-        if writer is not None and rows:
-            row = rows[-1]
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and key != "epoch":
-                    writer.add_scalar(key, value, row["epoch"])
-            writer.flush()
 
     # -- public -----------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -603,110 +352,4 @@ class Trainer:
             writer.close()
         return self.final_evaluation(history, time.perf_counter() - started)
 
-    def clear_earlier_run(self, resume: bool) -> None:
-        """A run starting afresh removes what an earlier run left in its folder (the files this run
-        rewrites), and says so: a stale ``model/`` would otherwise become this run's stage-1 model,
-        old metrics and TensorBoard events would mix with the new ones."""
-        removed = []
-        for name in RUN_OUTPUTS:
-            path = self.run_dir / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-                removed.append(name + "/")
-            elif path.exists() or path.is_symlink():
-                path.unlink()
-                removed.append(name)
-        for partial in self.run_dir.glob(".model*"):  # what a save killed half-way left (.model.partial-*, .model.old)
-            shutil.rmtree(partial, ignore_errors=True)
-        if removed:
-            why = "--resume found no checkpoint.pt to continue from" if resume else "a new run (no --resume)"
-            print(f"note: {self.run_dir} held an earlier run; {why}: removed {', '.join(removed)}", file=sys.stderr)
 
-    def snapshot_stage1(self) -> None:
-        """Keep the best frozen-backbone model as ``model_stage1/`` before stage 2 may replace
-        ``model/``, so eval.json can report frozen against fine-tuned."""
-        target = self.run_dir / "model_stage1"
-        tmp = self.run_dir / ".model_stage1.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(self.run_dir / "model", tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-
-    def restore_selected(self) -> None:
-        """Load the selected stage-1 model (``model_stage1/``, as saved) into the model being trained,
-        so stage 2 fine-tunes the head the selection split chose rather than the last, overfitted one.
-        Read from disk, so a resumed run restores exactly what an uninterrupted one did."""
-        from safetensors.torch import load_file
-
-        state = load_file(str(self.run_dir / "model_stage1" / "model.safetensors"))
-        own = self.model.state_dict()
-        with torch.no_grad():
-            for key, value in state.items():
-                if key in own:
-                    own[key].copy_(value.to(own[key].dtype))
-
-    def evaluate_saved(self, model: MultiLabelModel, trained: str | None) -> tuple[np.ndarray, np.ndarray]:
-        """Eval-split scores of a model as saved (from the cache when it is exact for that model)."""
-        model = model.to(self.device)
-        usable, cut = self.cache_source(trained)
-        # the eval split's cached maps are exact when the cached part is untouched by training and
-        # training used those maps (no augmentation of the images that part sees)
-        use_cache = usable and (cut is not None or (self.config.cache_features and not self.stages[0].augment))
-        return self.predict("evaluation", use_cache=use_cache, model=model, trained=trained)
-
-    def final_evaluation(self, history: History, seconds: float) -> dict[str, Any]:
-        """Evaluate the selected model (as saved) on the eval split; write eval.json and its scores."""
-        cfg = self.config
-        best_stage = self.stage_of(history.best_epoch - 1)[0]
-        best = load_model(self.run_dir / "model")
-        scores, targets = self.evaluate_saved(best, best_stage.trained_part)
-        report = evaluate(scores, targets, classes=self.splits.fit.classes)
-        stage1 = None
-        if (self.run_dir / "model_stage1").is_dir() and self.stages[1].epochs > 0:
-            stage1_rows = [r for r in history.rows if r["stage"] == 1]
-            s1_scores, _ = self.evaluate_saved(load_model(self.run_dir / "model_stage1"), None)
-            stage1 = {"selected_epoch": 1 + max(range(len(stage1_rows)), key=lambda i: stage1_rows[i]["selection_map"]),
-                      "selection_map": max(r["selection_map"] for r in stage1_rows),
-                      "metrics": evaluate(s1_scores, targets, classes=self.splits.fit.classes).to_dict()}
-        result = {
-            "model_name": cfg.variant, "dataset": cfg.dataset, "split": cfg.eval_split, "seed": cfg.seed,
-            "num_images": len(self.splits.evaluation), "selected_epoch": history.best_epoch,
-            "selected_stage": best_stage.index,
-            "backbone_trained": best.backbone_trained, "selection_map": history.best_map, "train_seconds": seconds,
-            "split_info": self.split_info.summary(), "metrics": report.to_dict(),
-            "stage1": stage1,  # the best frozen-backbone model of the same run (None without stage 2)
-        }
-        if self.env.is_main:
-            from mlc.hub import model_card
-
-            if cfg.diagnostics:  # what the selected model's maps and graph do (mlc.diagnostics)
-                result["diagnostics"] = diagnose(best, self.splits.evaluation, self.device,
-                                                 cfg.eval_batch_size, cfg.num_workers, seed=cfg.seed)
-            np.savez_compressed(self.run_dir / "eval_scores.npz", scores=scores.astype(np.float32),
-                                targets=targets.astype(np.int8), ids=np.array(self.splits.evaluation.ids))
-            text = json.dumps(result, indent=1)
-            (self.run_dir / "eval.json").write_text(text)
-            (self.run_dir / "model" / "eval.json").write_text(text)
-            config = json.loads((self.run_dir / "model" / "config.json").read_text())
-            card = model_card(config, result, cfg.to_dict(), self.split_info.summary(), repo_id=None)
-            (self.run_dir / "model" / "README.md").write_text(card)
-        return result
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with numpy scalars as Python numbers, so ``torch.load(weights_only=True)`` accepts it."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _load_error_reason(err: BaseException) -> str:
-    """A short reason why ``torch.load`` refused a file (its messages run to several paragraphs)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    code = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
-    if code:  # weights_only refused a global: the file asks to import or call something
-        return f"it asks to run code: {code[0][:160]}"
-    first = lines[0].split(". ")[0] if lines else ""
-    return f"{type(err).__name__}: {first[:160]}" if first else type(err).__name__

@@ -53,6 +53,7 @@ import numpy as np
 
 from mlc.diagnostics import disagreement
 from mlc.metrics import bootstrap_versus_reference, seed_summary
+from mlc.formats import EVAL_FORMAT, check_format
 from mlc.models import list_models, reference_model
 
 SCORES_FILE = "eval_scores.npz"
@@ -80,6 +81,8 @@ def _ordered(found: dict[str, Any]) -> dict[str, Any]:
 def load_results(group_dir: Path) -> dict[str, dict]:
     """eval.json of every variant folder in a group (the first seed), in the canonical variant order."""
     found = {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(group_dir).glob("*/eval.json"))}
+    for name, result in found.items():
+        check_format(result, "eval.json", EVAL_FORMAT, where=f"{name}/eval.json")
     return _ordered(found)
 
 

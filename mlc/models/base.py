@@ -18,11 +18,12 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from mlc.formats import CONFIG_FORMAT, FormatError, check_format
 from mlc.models.backbones import create_backbone
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = CONFIG_FORMAT  # kept for readers of older code
 
 
 class CheckpointError(ValueError):
@@ -362,8 +363,9 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
         if not isinstance(config, dict):
             raise CheckpointError(f"{config_path} must hold a JSON object")
         try:
+            check_format(config, "config.json", CONFIG_FORMAT)
             model = cls.from_config(config)
-        except CheckpointError as err:
+        except (CheckpointError, FormatError) as err:
             raise CheckpointError(f"{config_path}: {err}") from None
         try:
             state = load_file(str(weights_path))

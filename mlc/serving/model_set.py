@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from mlc.data.transforms import build_transforms
+from mlc.formats import EVAL_FORMAT, FormatError, check_format
 from mlc.models import MultiLabelModel, list_models, load_model
 from mlc.models.backbones import PACKAGED_LITES
 from mlc.serving.errors import RequestError
@@ -135,6 +136,11 @@ def _read_evaluation(folder: Path) -> tuple[dict | None, str]:
         evaluation = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         return None, f"eval.json unreadable ({type(err).__name__}: {err})"
+    if isinstance(evaluation, dict):
+        try:
+            check_format(evaluation, "eval.json", EVAL_FORMAT)
+        except FormatError as err:
+            return None, str(err)
     metrics = evaluation.get("metrics") if isinstance(evaluation, dict) else None
     if not isinstance(metrics, dict) or not isinstance(metrics.get("ap"), list):
         return None, "eval.json has no metrics.ap list"
