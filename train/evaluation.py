@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mlc.diagnostics import diagnose
+from mlc.formats import EVAL_FORMAT
 from mlc.metrics import evaluate
 from mlc.models import MultiLabelModel, load_model
 from train.stages import History
