@@ -2,7 +2,8 @@
 
 The page layout and the wiring of its events; the handlers are ``mlc.serving.handlers`` (every one
 an API endpoint, ``api_name`` below), the views and models the rest of ``mlc.serving``.
-``python app.py`` serves on 0.0.0.0:7860 (``PORT`` / ``GRADIO_SERVER_PORT`` respected). Models come
+``python app.py`` serves on 127.0.0.1:7860 (0.0.0.0 on a Space; ``GRADIO_SERVER_NAME``, ``PORT`` /
+``GRADIO_SERVER_PORT`` respected). Models come
 from ``checkpoints/<variant>/`` (``MLC_CHECKPOINTS`` overrides it) or a Hub repo (``MLC_HUB_REPO``).
 """
 from __future__ import annotations
@@ -44,7 +45,7 @@ SERVER_CONCURRENCY = 1  # model requests at a time, all endpoints together (the 
 QUEUE_MAX = 16  # waiting requests; one more is told the app is busy
 PER_CLIENT = 2  # waiting requests of one client (its address); served round-robin across clients
 MAX_UPLOAD = f"{uploads.MAX_UPLOAD_BYTES // 2**20}mb"  # refused at upload, before any handler runs (data URLs: in the handler)
-CACHE_SECONDS = (600, 1800)  # uploads and outputs older than 30 min are deleted every 10 min
+CACHE_SECONDS = (300, 1500)  # every 5 min, uploads and outputs older than 25 min are deleted: none lives over 30 min
 
 
 # Gradio's gallery takes one column count: on a phone, two maps a row instead of five side-scrolling
@@ -58,8 +59,16 @@ def _intro() -> str:
         "Five variants side by side: **baseline** (CNN + linear), **ggnn** (gated graph network over a "
         "knowledge graph), **ssgrl** (semantic decoupling + interaction), **mlgcn** (GCN-produced "
         "classifiers) and **gcam** (ML-GCN trained for CAM flip consistency). Upload an image once; "
-        "every tab uses it."
+        "every tab uses it.\n\n"
+        "<small>Privacy: your photos are kept on this server for at most 30 minutes (then deleted) to draw the "
+        "results, and are never shared or used for anything else.</small>"
     )
+
+
+def default_server_name() -> str:
+    """Where to listen: ``GRADIO_SERVER_NAME`` if set; on a Hugging Face Space (``SPACE_ID``) every
+    interface, as its proxy needs; else only this machine (127.0.0.1), as the README says."""
+    return os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1")
 
 
 def allow_loading_default() -> bool:
@@ -111,13 +120,13 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                         1, 20, value=5, step=1, label="Top-k",
                         info="classes in the chart; labels are taken from each method's top-k"))
                     predict_button = gr.Button("Predict", variant="primary")
-                predict_status = gr.Markdown(elem_id="predict-status")
+                predict_status = gr.Markdown(label="status", elem_id="predict-status")
                 labels_view = gr.HTML(label="Predicted labels", elem_id="labels-grid")
                 labels = gr.JSON(label="labels", visible=False)  # the same, for API clients
                 chart = gr.HTML(label="top classes chart", elem_id="predict-chart")
                 table = gr.Dataframe(label="probabilities", interactive=False, elem_id="predict-table")
                 with gr.Accordion("What the label graph changed on this photo", open=True):
-                    effect_status = gr.Markdown(elem_id="graph-effect-status")
+                    effect_status = gr.Markdown(label="graph effect status", elem_id="graph-effect-status")
                     effect_table = gr.Dataframe(label="scores with and without the label graph", interactive=False,
                                                 elem_id="graph-effect-table")
             with gr.Tab("Explain"):
@@ -125,7 +134,7 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                     explain_class = gr.Dropdown(label="Class (empty: the top-scoring one)", allow_custom_value=True,
                                                 **_dropdown(class_a))
                     explain_button = gr.Button("Explain", variant="primary")
-                explain_status = gr.Markdown(elem_id="explain-status")
+                explain_status = gr.Markdown(label="status", elem_id="explain-status")
                 explain_gallery = gr.Gallery(label="explanation maps", columns=5, height="auto", preview=False,
                                              object_fit="contain", elem_id="explain-gallery")
             with gr.Tab("Flip"):
@@ -134,12 +143,12 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                     flip_class = gr.Dropdown(label="Class (empty: the top-scoring one)", allow_custom_value=True,
                                              **_dropdown(class_b))
                     flip_button = gr.Button("Compare with the flipped image", variant="primary")
-                flip_status = gr.Markdown(elem_id="flip-status")
+                flip_status = gr.Markdown(label="status", elem_id="flip-status")
                 flip_gallery = gr.Gallery(label="flip maps", columns=3, height="auto", object_fit="contain", preview=False,
                                           elem_id="flip-gallery")
                 flip_table = gr.Dataframe(label="flip consistency per method", interactive=False, elem_id="flip-table")
             with gr.Tab("Analysis") as analysis_tab:
-                ap_status = gr.Markdown(elem_id="ap-status")
+                ap_status = gr.Markdown(label="AP status", elem_id="ap-status")
                 seeds_table = gr.Dataframe(label="seeds and bootstrap intervals", interactive=False,
                                            elem_id="seeds-table")
                 ap_table = gr.Dataframe(label="per-class AP", interactive=False, elem_id="ap-table")
@@ -150,14 +159,14 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                     tau = checked_by_handler(gr.Slider(0.0, 1.0, value=0.4, step=0.01, label="tau (threshold on P(j|i))"))
                     p = checked_by_handler(gr.Slider(0.0, 1.0, value=0.25, step=0.01,
                                                      label="p (weight shared by the neighbours)"))
-                graph_status = gr.Markdown(elem_id="graph-status")
+                graph_status = gr.Markdown(label="graph status", elem_id="graph-status")
                 with gr.Row():
                     heatmap = gr.Image(label="co-occurrence heatmap", type="filepath", elem_id="heatmap")
                     network = gr.Image(label="re-weighted graph", type="filepath", elem_id="network")
-                tsne_status = gr.Markdown(elem_id="tsne-status")
+                tsne_status = gr.Markdown(label="t-SNE status", elem_id="tsne-status")
                 tsne_plot = gr.Image(label="t-SNE of the classifiers", type="filepath", elem_id="tsne-plot")
                 gr.Markdown("### What the models see")
-                seeing_status = gr.Markdown(elem_id="seeing-status")
+                seeing_status = gr.Markdown(label="what the models see status", elem_id="seeing-status")
                 seeing_table = gr.Dataframe(label="localisation, flip consistency and the label graph's share",
                                             interactive=False, elem_id="seeing-table")
                 seeing_plot = gr.Image(label="pointing game and box energy", type="filepath", elem_id="seeing-plot",
@@ -166,10 +175,10 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                                               elem_id="graph-ap-table")
                 graph_ap_plot = gr.Image(label="AP change per class from the label graph", type="filepath",
                                          elem_id="graph-ap-plot", show_label=False)
-                disagree_status = gr.Markdown(elem_id="disagree-status")
+                disagree_status = gr.Markdown(label="disagreement status", elem_id="disagree-status")
                 disagree_table = gr.Dataframe(label="where the methods disagree", interactive=False,
                                               elem_id="disagree-table")
-                disagree_gallery = gr.Gallery(label="disputed images", columns=4, height="auto", preview=False,
+                disagree_gallery = gr.Gallery(label="disputed images", columns=4, height="auto", preview=False, visible=False,
                                               object_fit="contain", elem_id="disagree-gallery")
 
         predict_io = dict(fn=handlers.predict, inputs=[image, threshold, top_k, session],
@@ -217,14 +226,14 @@ def launch(demo: gr.Blocks, port: int | None = None, server_name: str | None = N
     """Queue (``SERVER_CONCURRENCY`` model requests at a time over all endpoints, at most
     ``QUEUE_MAX`` waiting, at most ``PER_CLIENT`` of them from one client, served round-robin across
     clients, abandoned ones dropped: ``mlc.serving.fair_queue``) and serve, uploads capped at
-    ``MAX_UPLOAD``; by default on 0.0.0.0 and PORT / GRADIO_SERVER_PORT / 7860.
+    ``MAX_UPLOAD``; on ``default_server_name()`` and PORT / GRADIO_SERVER_PORT / 7860.
 
     ``client_key`` (a request -> a key) says who a request comes from; by default the peer
     address, or the header named by ``MLC_CLIENT_HEADER`` (X-Forwarded-For on a Space)."""
     from starlette.middleware import Middleware
 
     port = port or int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860)
-    server_name = server_name or os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0")
+    server_name = server_name or default_server_name()
     kwargs.setdefault("max_file_size", MAX_UPLOAD)
     kwargs.setdefault("css", PHONE_CSS)
     demo.queue(default_concurrency_limit=SERVER_CONCURRENCY, max_size=QUEUE_MAX)

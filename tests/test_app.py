@@ -223,6 +223,8 @@ def test_every_handler_is_a_named_endpoint(client):
         "/label_graph": ["method", "tau", "p"],
         "/classifier_tsne": [],
     }  # no /load_models: the models are the operator's choice (opt-in: test_visitor_loads_...)
+    returns = [r["label"] for spec in api.values() for r in spec["returns"]]
+    assert all(label and not label.startswith("value_") for label in returns), returns  # every output named
 
 
 def test_predict_table_sorted_by_mean_with_labels_at_threshold(client, photo):
@@ -336,7 +338,8 @@ def test_what_the_models_see_shows_the_shipped_diagnostics(client, checkpoints):
     assert Image.open(plot).format == Image.open(graph_plot).format == "PNG"
     report = json.loads((checkpoints / "report.json").read_text())["disagreement"]
     assert [r[0] for r in dis_table["data"]] == [im["id"] for im in report["images"]]
-    assert "MLC_DATA_ROOT" in dis_status and gallery == []  # the operator has not pointed it at the data
+    assert "MLC_DATA_ROOT" not in dis_status  # no data folder: the gallery is hidden, the hint goes to the log
+    assert gallery["visible"] is False and not gallery["value"]
 
 
 def test_disputed_images_come_from_the_operators_dataset_folder(checkpoints):

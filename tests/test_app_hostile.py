@@ -331,3 +331,16 @@ def test_a_dollar_in_a_class_name_is_drawn_as_text(tiny_setup):
     _, stats = serving.label_statistics(models, None)
     path = serving.figure(models, ("heatmap", "mlgcn"), lambda: serving.cooccurrence_heatmap(stats))
     assert Path(path).stat().st_size > 0
+
+
+@pytest.mark.parametrize("env, expected", [({}, "127.0.0.1"), ({"SPACE_ID": "user/space"}, "0.0.0.0"),
+                                           ({"GRADIO_SERVER_NAME": "0.0.0.0"}, "0.0.0.0"),
+                                           ({"SPACE_ID": "u/s", "GRADIO_SERVER_NAME": "10.0.0.2"}, "10.0.0.2")])
+def test_the_app_listens_on_localhost_unless_on_a_space_or_asked(monkeypatch, env, expected):
+    import app
+
+    for name in ("SPACE_ID", "GRADIO_SERVER_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert app.default_server_name() == expected

@@ -199,8 +199,11 @@ class Handlers:
                       if per_class is not None else None)
         dis_status, dis_table, images = insight.disagreement_table(models)
         gallery, note = insight.disagreement_gallery(images)
+        if note:  # words for the operator (where the images are): the log, not the public page
+            log.info("disputed images: %s", note.strip())
+        shown = gr.update(value=gallery, visible=True) if gallery else gr.update(value=None, visible=False)
         return (status, table, plot, None if per_class is None else _records(per_class, "class"), graph_plot,
-                dis_status + (" " + note if note else ""), dis_table, gallery)
+                dis_status, dis_table, shown)
 
     @guarded
     def graph_effect(self, image: Any, session: ModelSet | None = None) -> tuple:
