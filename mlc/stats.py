@@ -1,8 +1,8 @@
 """Label statistics of a training split: per-class image counts and pairwise co-occurrence.
 
 These counts are the only input the label graphs (``mlc.graph``) need, and they must come from
-the training split alone (docs/methods.md), so they are computed once here and stored with the
-model as JSON (``to_dict`` / ``from_dict``).
+the training split alone (docs/methods.md, "Label statistics come from the training split alone"),
+so they are computed once here and stored with the model as JSON (``to_dict`` / ``from_dict``).
 """
 
 from __future__ import annotations

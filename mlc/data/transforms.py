@@ -1,7 +1,7 @@
 """Image transforms: PIL image -> normalized float32 tensor (3, S, S).
 
-Training augmentation follows the methods page: flip, rotation, brightness / contrast / gamma and
-no crops, because a crop can cut away the only instance of a label and make the target wrong.
+Training augmentation follows docs/methods.md ("Training"): flip, rotation, brightness / contrast /
+gamma and no crops, because a crop can cut away the only instance of a label and make the target wrong.
 Everything is a module-level class (no lambdas) so the transforms pickle into DataLoader workers.
 
 Cost: the image is resized to S x S on uint8 first (the same antialiased resize as the test
