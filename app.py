@@ -53,13 +53,13 @@ PHONE_CSS = ("@media (max-width: 640px) { #explain-gallery .grid-container, #fli
              "{ grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } "
              "#image-row { flex-direction: column !important; } #image-row > * { width: 100% !important; } }")
 
-def _intro() -> str:
+def _intro(model_set: ModelSet) -> str:
+    """The opening lines, from what is loaded (each variant's own ``summary``)."""
+    parts = [f"**{name}**" + (f" ({m.model.summary})" if m.model.summary else "") for name, m in model_set.methods.items()]
+    listed = ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + (parts[-1] if parts else "")
     return (
         "# Multi-label classification with label graphs\n"
-        "Five variants side by side: **baseline** (CNN + linear), **ggnn** (gated graph network over a "
-        "knowledge graph), **ssgrl** (semantic decoupling + interaction), **mlgcn** (GCN-produced "
-        "classifiers) and **gcam** (ML-GCN trained for CAM flip consistency). Upload an image once; "
-        "every tab uses it.\n\n"
+        f"{len(parts)} variants side by side: {listed or 'none loaded'}. Upload an image once; every tab uses it.\n\n"
         "<small>Privacy: your photos are kept on this server for at most 30 minutes (then deleted) to draw the "
         "results, and are never shared or used for anything else.</small>"
     )
@@ -98,7 +98,7 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
     with gr.Blocks(title="mlc: multi-label classification with label graphs", delete_cache=CACHE_SECONDS) as demo:
         # this visitor's own models (only with allow_loading), else None; freed when the session ends
         session = gr.State(None, delete_callback=handlers.end_session)
-        gr.Markdown(_intro())
+        gr.Markdown(_intro(model_set))
         with gr.Accordion("Models", open=False):
             model_status = gr.Markdown(status, elem_id="model-status")
             if allow_loading:
@@ -121,6 +121,9 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                         info="classes in the chart; labels are taken from each method's top-k"))
                     predict_button = gr.Button("Predict", variant="primary")
                 predict_status = gr.Markdown(label="status", elem_id="predict-status")
+                gr.Markdown(f"<small>These models know {len(model_set.classes)} classes only: "
+                            f"{serving.md(', '.join(model_set.classes))}. Anything else is not recognised.</small>",
+                            elem_id="known-classes")
                 labels_view = gr.HTML(label="Predicted labels", elem_id="labels-grid")
                 labels = gr.JSON(label="labels", visible=False)  # the same, for API clients
                 chart = gr.HTML(label="top classes chart", elem_id="predict-chart")

@@ -71,6 +71,7 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
     is_reference: ClassVar[bool] = False  # the plain model every graph variant is compared with
     trained_for_consistency: ClassVar[bool] = False  # its loss asks for consistent maps (the flip view's default)
     colour: ClassVar[str] = "tab:gray"  # the variant's colour in every plot
+    summary: ClassVar[str] = ""  # a few words for the app's opening line
 
     def __init__(
         self,

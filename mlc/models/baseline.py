@@ -13,6 +13,7 @@ from mlc.models.registry import register_model
 class Baseline(MultiLabelModel):
     has_cam = True
     is_reference = True
+    summary = "CNN + linear"
     colour = "tab:gray"
     defaults = {"dropout": 0.0}
 

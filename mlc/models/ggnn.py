@@ -20,6 +20,7 @@ from mlc.stats import LabelStatistics
 @register_model("ggnn")
 class GGNNClassifier(MultiLabelModel):
     uses_knowledge_graph = True
+    summary = "gated graph network over a knowledge graph"
     colour = "tab:purple"
     defaults = {"state_dim": 10, "steps": 3, "graph_tau": 0.1, "graph_p": 0.1, "dropout": 0.0}
 

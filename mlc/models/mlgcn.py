@@ -23,6 +23,7 @@ class MLGCN(MultiLabelModel):
     has_cam = True
     needs_embeddings = True
     colour = "tab:blue"
+    summary = "GCN-produced classifiers"
     defaults = {"tau": 0.4, "p": 0.25, "adjacency_style": "paper", "hidden_dim": None, "negative_slope": 0.2, "dropout": 0.0}
 
     @classmethod
@@ -103,6 +104,7 @@ class GCAM(MLGCN):
 
     trained_for_consistency = True
     colour = "tab:orange"
+    summary = "ML-GCN trained for CAM flip and scale consistency"
     defaults = {
         **MLGCN.defaults, "consistency_weight": 0.4, "flip": True, "scale_ratio": 192 / 224, "scale_size": None,
         "consistency_reduction": "sum", "scales": None,

@@ -21,6 +21,7 @@ from mlc.stats import LabelStatistics
 @register_model("ssgrl")
 class SSGRL(MultiLabelModel):
     colour = "tab:brown"
+    summary = "semantic decoupling + interaction"
     # interaction_dim: None = the paper (GGNN over N-dim features); a smaller value projects f^c first,
     # which cuts the GGNN's 9 N^2 weights (15M for N = 1280) for CPU training and small checkpoints.
     # dropout: on the decoupled class features f^c, the same regularisation the other heads get on
