@@ -90,6 +90,8 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
         model_set = ModelSet.load(hub_repo or checkpoint_dir or default_source())
         log.info("loaded %d models (%s) in %.1f s; building the page ...", len(model_set.methods),
                  ", ".join(model_set.names) or "none", time.perf_counter() - started)
+    if serving.runtime.use_gpu(model_set):
+        log.info("ZeroGPU: the models run on the GPU lent per request")
     allow_loading = allow_loading_default() if allow_loading is None else allow_loading
     handlers = Handlers(model_set, allow_loading, EXAMPLES)
     status, class_a, class_b, method_choice, stats_choice = handlers.model_choices()

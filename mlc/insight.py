@@ -207,9 +207,9 @@ def graph_effect(model_set: ModelSet, image: Image.Image, per_method: int = 3) -
         features = model_set.features(model_set.inputs(image))
         for name in graphs:
             model = model_set.methods[name].model
-            with_graph = torch.sigmoid(model.forward_head(features[name]).logits[0]).double().numpy()
+            with_graph = torch.sigmoid(model.forward_head(features[name]).logits[0]).double().cpu().numpy()
             with model.identity_graph():
-                without = torch.sigmoid(model.forward_head(features[name]).logits[0]).double().numpy()
+                without = torch.sigmoid(model.forward_head(features[name]).logits[0]).double().cpu().numpy()
             for c, cls in enumerate(model.classes):
                 rows.append({"method": name, "class": cls, "with graph": round(with_graph[c], 3),
                              "without graph": round(without[c], 3), "change": round(with_graph[c] - without[c], 3)})

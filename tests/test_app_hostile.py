@@ -344,3 +344,19 @@ def test_the_app_listens_on_localhost_unless_on_a_space_or_asked(monkeypatch, en
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert app.default_server_name() == expected
+
+
+def test_zerogpu_wraps_the_model_work_only_where_spaces_is_installed(monkeypatch):
+    """Without the ``spaces`` package nothing changes; with it, the function gets spaces.GPU(duration)."""
+    import sys
+    import types
+
+    from mlc.serving import runtime
+
+    monkeypatch.setitem(sys.modules, "spaces", None)  # not installed
+    work = lambda: 1  # noqa: E731
+    assert runtime.gpu_task(30)(work) is work
+    fake = types.ModuleType("spaces")
+    fake.GPU = lambda duration: (lambda fn: ("on a GPU", duration, fn))
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    assert runtime.gpu_task(30)(work) == ("on a GPU", 30, work)

@@ -15,6 +15,7 @@ from test_app import serve, write_checkpoints, write_photo
 
 # Gradio's own queue statistics trip pandas 3 deprecations on every event; they are not ours.
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]

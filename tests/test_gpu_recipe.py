@@ -43,6 +43,7 @@ def voc_root(tmp_path_factory) -> Path:
     return make_voc(tmp_path_factory.mktemp("voc"), annotations=annotations, image_size=64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", ["lite2", "resnet101"])
 def test_recipe_settings_run_one_step_of_each_stage(setting, voc_root, tmp_path, monkeypatch):
     from train.engine import Trainer

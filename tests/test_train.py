@@ -45,6 +45,7 @@ def trained_group(voc_root, tmp_path_factory):
     return out / "e2e"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_run_folder_contents(trained_group, variant):
     run = trained_group / variant
@@ -77,6 +78,7 @@ def test_run_folder_contents(trained_group, variant):
     assert ("without its label graph" in card) == (variant != "baseline")
 
 
+@pytest.mark.slow
 def test_report_compares_every_variant(trained_group):
     report = (trained_group / "report.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| class |"))
@@ -89,6 +91,7 @@ def test_report_compares_every_variant(trained_group):
     assert analysis["disagreement"]["skipped"] is None and analysis["disagreement"]["methods"] == VARIANTS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_dry_run_hub_folder_and_load_back_equality(trained_group, variant):
     upload = trained_group / "hub_upload" / variant
@@ -101,6 +104,7 @@ def test_dry_run_hub_folder_and_load_back_equality(trained_group, variant):
         torch.testing.assert_close(shipped(x), saved(x), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_evaluate_command_reproduces_eval_json(trained_group, voc_root, tmp_path):
     out = tmp_path / "eval.json"
     run = trained_group / "mlgcn"
@@ -113,6 +117,7 @@ def test_evaluate_command_reproduces_eval_json(trained_group, voc_root, tmp_path
     assert json.loads(out.read_text())["diagnostics"]["localization"] == saved["localization"]
 
 
+@pytest.mark.slow
 def test_evaluate_merges_into_a_runs_eval_json(trained_group, voc_root, tmp_path, capsys):
     run = trained_group / "ggnn"
     target = tmp_path / "eval.json"
@@ -134,6 +139,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["mlgcn", "gcam"])
 def test_resume_after_a_kill_matches_an_uninterrupted_run(voc_root, tmp_path, monkeypatch, variant):
     from train.engine import Trainer
@@ -163,6 +169,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(voc_root, tmp_path, mo
     assert [r["epoch"] for r in rows] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_process(voc_root, tmp_path):
     # Stage 1 only: frozen BatchNorm makes the 2 x 3-image shards exactly the 6-image batch.
     common = ["fit", "--variant", "mlgcn", *tiny_args(voc_root, tmp_path, "g", stage1_epochs=2, stage2_epochs=0)]

@@ -39,6 +39,7 @@ def error_line(capsys) -> str:
 
 
 # -- bug 1: eval-split features cached from the fine-tuned backbone ----------------------------
+@pytest.mark.slow
 def test_eval_features_come_from_the_selected_models_backbone(voc_root, tmp_path, monkeypatch):
     """Best epoch in stage 1, stage 2 then ruins the backbone: eval.json must still be the stage-1
     model's true score (as `train evaluate` measures it), and the group's cache must stay clean."""
@@ -91,6 +92,7 @@ def test_single_csv_file_carves_a_held_out_eval_split(tmp_path):
 
 
 # -- bug 3: --compile with stage 2 saved names with _orig_mod ---------------------------------
+@pytest.mark.slow
 def test_compile_through_both_stages_saves_a_loadable_model(voc_root, tmp_path):
     args = tiny_args(voc_root, tmp_path, "compiled", stage1_epochs=1, stage2_epochs=1, compile="true")
     assert main(["fit", "--variant", "mlgcn", *args]) == 0
@@ -192,6 +194,7 @@ def test_kill_between_metrics_and_checkpoint_leaves_each_epoch_once(voc_root, tm
 
 
 # -- the GPU paths, on the CPU ------------------------------------------------------------------
+@pytest.mark.slow
 def test_bf16_autocast_and_channels_last_through_both_stages_evaluate_in_float32(voc_root, tmp_path):
     args = tiny_args(voc_root, tmp_path, "bf16", stage1_epochs=1, stage2_epochs=1, amp_on_cpu="true",
                      channels_last="true")
@@ -204,6 +207,7 @@ def test_bf16_autocast_and_channels_last_through_both_stages_evaluate_in_float32
         evaluate_saved(run, voc_root, tmp_path)["map"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_no_host_sync_per_step(voc_root, tmp_path, monkeypatch):
     """Only the epoch's mean loss is read from the device (plus one per LOG_EVERY steps)."""
     from train import engine
@@ -233,6 +237,7 @@ def test_no_host_sync_per_step(voc_root, tmp_path, monkeypatch):
     assert calls["train"] <= 2 * (1 + 9 // engine.LOG_EVERY), (calls, steps)
 
 
+@pytest.mark.slow
 def test_augmentation_is_seeded_per_image_so_workers_persist_and_do_not_change_results(voc_root, tmp_path):
     weights = {}
     for workers in (0, 2):
@@ -264,6 +269,7 @@ def test_persistent_loader_is_reused_across_epochs(voc_root, tmp_path):
     assert all(torch.equal(a["images"], b["images"]) for a, b in zip(first, again))
 
 
+@pytest.mark.slow
 def test_ddp_gloo_through_stage_2(voc_root, tmp_path):
     common = ["fit", "--variant", "gcam", *tiny_args(voc_root, tmp_path, "ddp2", stage1_epochs=1, stage2_epochs=1,
                                                      stage1_augment="true")]
@@ -279,6 +285,7 @@ def test_ddp_gloo_through_stage_2(voc_root, tmp_path):
 
 
 # -- top-block fine-tuning on cached bottom features ---------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["baseline", "ssgrl", "gcam"])
 def test_top_block_finetune_trains_only_the_top_and_saves_only_it(voc_root, tmp_path, variant):
     args = tiny_args(voc_root, tmp_path, "top", stage1_epochs=1, stage2_epochs=2, finetune="top:3",

@@ -182,7 +182,7 @@ def classifier_embedding(model_set: ModelSet) -> pd.DataFrame:
     for name in tsne_methods(model_set):
         model = model_set.methods[name].model
         with torch.no_grad():
-            weights = model.classifier()[0].float().numpy()
+            weights = model.classifier()[0].float().cpu().numpy()
         vectors.append(weights / np.maximum(np.linalg.norm(weights, axis=1, keepdims=True), 1e-12))
         rows += [{"method": name, "label": c, "group": class_group(c)} for c in model.classes]
     if not vectors:

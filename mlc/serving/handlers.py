@@ -19,6 +19,7 @@ import pandas as pd
 
 from mlc import insight, serving
 from mlc.serving.errors import RequestError
+from mlc.serving.runtime import gpu_task
 from mlc.serving.model_set import ModelSet
 
 log = logging.getLogger("mlc.app")
@@ -130,6 +131,7 @@ class Handlers:
             models.release()
 
     @guarded
+    @gpu_task(duration=30)  # ZeroGPU: a GPU for the model work; nothing changes on a CPU
     def predict(self, image: Any, threshold: Any, top_k: Any, session: ModelSet | None = None) -> tuple:
         """Every method's per-class probabilities, a chart of the top-k classes, and the labels at the threshold."""
         start = time.perf_counter()
@@ -147,6 +149,7 @@ class Handlers:
         return status, _records(table.round(3), "class"), chart, labels, serving.labels_html(labels, threshold, top_k)
 
     @guarded
+    @gpu_task(duration=60)  # ZeroGPU: a GPU for the model work; nothing changes on a CPU
     def explain(self, image: Any, class_name: Any, session: ModelSet | None = None) -> tuple:
         """Each method's map for one class (top-scoring when empty): CAM, Grad-CAM or SSGRL attention."""
         class_name = _text(class_name, "class_name")
@@ -157,6 +160,7 @@ class Handlers:
         return status, serving.explanation_gallery(decoded.image, maps)
 
     @guarded
+    @gpu_task(duration=60)  # ZeroGPU: a GPU for the model work; nothing changes on a CPU
     def flip_consistency(self, image: Any, method: Any, class_name: Any, session: ModelSet | None = None) -> tuple:
         """Map of the image vs. map of the mirrored image mirrored back (of ``method``, G-CAM when empty),
         and every method's consistency for the class."""
@@ -206,6 +210,7 @@ class Handlers:
                 dis_status, dis_table, shown)
 
     @guarded
+    @gpu_task(duration=30)  # ZeroGPU: a GPU for the model work; nothing changes on a CPU
     def graph_effect(self, image: Any, session: ModelSet | None = None) -> tuple:
         """Each graph method's scores on the photo with and without its label graph, largest changes first."""
         decoded = _image(image)

@@ -57,7 +57,7 @@ def class_maps(model_set: ModelSet, image: Image.Image, class_name: str | None) 
         classes = model_set.methods[name].model.classes
         if chosen in classes:
             c = classes.index(chosen)
-            maps.append(ClassMap(name, kind, per_class[0, c].numpy(), float(torch.sigmoid(logits[0, c]))))
+            maps.append(ClassMap(name, kind, per_class[0, c].cpu().numpy(), float(torch.sigmoid(logits[0, c]))))
     return chosen, maps
 
 
@@ -164,7 +164,7 @@ def flip_views(model_set: ModelSet, image: Image.Image, method: str, class_name:
                      "note": "empty map: no place raises this class's score, so no cosine" if empty else ""})
     c = model_set.methods[shown].model.classes.index(chosen)
     fc = consistency[shown]
-    return FlipResult(chosen, shown, fc.kind, fc.maps[0, c].numpy(), fc.flipped_back[0, c].numpy(), pd.DataFrame(rows))
+    return FlipResult(chosen, shown, fc.kind, fc.maps[0, c].cpu().numpy(), fc.flipped_back[0, c].cpu().numpy(), pd.DataFrame(rows))
 
 
 def difference_image(canvas: np.ndarray, difference: np.ndarray) -> np.ndarray:

@@ -397,9 +397,23 @@ class ModelSet:
             norm = m.model.normalization
             key = (m.model.image_size, tuple(norm.mean), tuple(norm.std))
             if key not in by_key:
-                by_key[key] = model_input(image, m.model)
+                by_key[key] = model_input(image, m.model).to(self.device)
             out[name] = by_key[key]
         return out
+
+    @property
+    def device(self) -> torch.device:
+        """Where the models are (the CPU, or a GPU lent by ZeroGPU: ``runtime.use_gpu``)."""
+        first = next(iter(self.methods.values()), None)
+        return next(first.model.parameters()).device if first is not None else torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> "ModelSet":
+        """Move every model (and the backbones they share) to ``device``."""
+        for m in self.methods.values():
+            m.model.to(device)
+        for backbone in self.shared:
+            backbone.to(device)
+        return self
 
 
 def looks_like_repo(text: str) -> bool:

@@ -35,7 +35,7 @@ def predict_probabilities(model_set: ModelSet, image: Image.Image) -> pd.DataFra
 def _score_table(model_set: ModelSet, logits: Mapping[str, torch.Tensor]) -> pd.DataFrame:
     """(classes x methods) probabilities of the first image; NaN where a model lacks the class."""
     columns = {
-        name: pd.Series(torch.sigmoid(x)[0].double().numpy(), index=model_set.methods[name].model.classes)
+        name: pd.Series(torch.sigmoid(x)[0].double().cpu().numpy(), index=model_set.methods[name].model.classes)
         for name, x in logits.items()
     }
     return pd.DataFrame(columns, index=model_set.classes)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
 
 import torch
 
@@ -35,3 +36,27 @@ def configure_threads() -> int:
     threads = int(os.environ.get("MLC_NUM_THREADS") or 0) or max(1, len(os.sched_getaffinity(0)) - 1)
     torch.set_num_threads(threads)
     return threads
+
+
+def gpu_task(duration: int) -> Callable[[Callable], Callable]:
+    """``spaces.GPU(duration=...)`` on a Hugging Face Space with ZeroGPU (the ``spaces`` package is
+    there), so a request's model work gets a GPU for at most ``duration`` seconds; elsewhere the
+    function is returned as it is: nothing changes on a CPU."""
+    try:
+        import spaces
+    except ImportError:
+        return lambda fn: fn
+    return spaces.GPU(duration=duration)
+
+
+def use_gpu(model_set: Any) -> bool:
+    """On ZeroGPU, models are moved to CUDA once at start-up (the ``spaces`` package defers the move
+    until a ``gpu_task`` runs); without ``spaces`` or CUDA they stay on the CPU. True when moved."""
+    try:
+        import spaces  # noqa: F401
+    except ImportError:
+        return False
+    if not torch.cuda.is_available():
+        return False
+    model_set.to("cuda")
+    return True
