@@ -5,6 +5,8 @@
   python -m train evaluate --model runs/default/mlgcn/model --dataset voc2007 --data-root ... --split val
   python -m train push runs/default [--repo user/repo] [--dry-run]
   python -m train report runs/default
+  python -m train export --model runs/default/mlgcn/model --format onnx [--output mlgcn.onnx]
+  python -m train predict --model runs/default/mlgcn/model photos/ a.jpg --output preds.csv [--threshold 0.5]
 
 Values come from ``train/configs/<dataset>/<variant>.yaml`` (or ``--config FILE``, or
 ``--config-dir DIR`` with one ``<variant>.yaml`` per variant, e.g. ``train/configs/voc2007-cpu``); flags override.
@@ -17,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from train.config import (
@@ -290,7 +293,71 @@ def cmd_report(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "all": cmd_all, "evaluate": cmd_evaluate, "push": cmd_push, "report": cmd_report}
+def cmd_export(argv: list[str]) -> int:
+    """Wires ``mlc.export``: load, export, check against PyTorch with onnxruntime, say where it went."""
+    from mlc.export import TOLERANCE, export_onnx
+    from mlc.models import load_model
+    from mlc.predict import model_thresholds
+
+    parser = argparse.ArgumentParser(prog="python -m train export")
+    parser.add_argument("--model", required=True, help="saved model folder or Hub repo id")
+    parser.add_argument("--format", default="onnx", choices=["onnx"])
+    parser.add_argument("--output", help="file to write (default: <model name>.onnx in the current folder)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help=f"skip the comparison with PyTorch in onnxruntime (max abs logit difference < {TOLERANCE:g})")
+    args = parser.parse_args(argv)
+    model = load_model(args.model)
+    thresholds, _ = model_thresholds(model, args.model)
+    output = Path(args.output or f"{model.model_name}.onnx")
+    result = export_onnx(model, output, opset=args.opset, check=args.check, thresholds=thresholds.tolist())
+    size = model.image_size
+    checked = (f"; onnxruntime matches PyTorch (max abs logit difference {result['max_abs_diff']:.2g})"
+               if result["max_abs_diff"] is not None else "")
+    print(f"{model.model_name} -> {output} ({output.stat().st_size / 2**20:.1f} MB): input 'images' float32 "
+          f"(batch, 3, {size}, {size}) RGB in [0, 1], output 'logits' (batch, {model.num_classes}){checked}")
+    return 0
+
+
+def cmd_predict(argv: list[str]) -> int:
+    """Wires ``mlc.predict``: files and folders -> one CSV row per image, with a progress bar."""
+    from mlc.models import load_model
+    from mlc.predict import PredictError, collect_images, model_thresholds, predict_files, write_predictions
+    from train.distributed import pick_device
+
+    parser = argparse.ArgumentParser(prog="python -m train predict")
+    parser.add_argument("--model", required=True, help="saved model folder or Hub repo id")
+    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                        help="image files, or folders searched recursively for images")
+    parser.add_argument("--output", default="predictions.csv", help="CSV to write (default: predictions.csv)")
+    parser.add_argument("--threshold", type=float,
+                        help="one threshold for every class (default: the model's per-class thresholds, else 0.5)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-workers", type=int, default=0, help="decoding processes (default: 0, in this one)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise PredictError(f"--threshold {args.threshold:g} must be a probability in [0, 1]")
+    if args.batch_size <= 0 or args.num_workers < 0:
+        raise PredictError("--batch-size must be positive and --num-workers 0 or more")
+    files = collect_images(args.images)  # a missing path stops here, before the model loads
+    model = load_model(args.model)
+    thresholds, source = model_thresholds(model, args.model)
+    if args.threshold is not None:
+        thresholds, source = np.full(model.num_classes, args.threshold), f"--threshold {args.threshold:g} for every class"
+    print(f"predicting {len(files)} image(s) with {model.model_name}; labels: {source}", file=sys.stderr)
+    result = predict_files(model, files, thresholds, device=pick_device(args.device), batch_size=args.batch_size,
+                           num_workers=args.num_workers)
+    if not result.rows:
+        raise PredictError(f"none of the {len(files)} file(s) could be decoded as an image; nothing written")
+    write_predictions(result.rows, model.classes, args.output)
+    skipped = f"; skipped {len(result.skipped)} file(s) that are not decodable images (named above)" if result.skipped else ""
+    print(f"{len(result.rows)} image(s) -> {args.output}{skipped}")
+    return 0
+
+
+COMMANDS = {"fit": cmd_fit, "all": cmd_all, "evaluate": cmd_evaluate, "push": cmd_push, "report": cmd_report,
+            "export": cmd_export, "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:
