@@ -1,13 +1,15 @@
 """``python -m train``: fit one variant, all five, evaluate a saved model, push a run, write a report.
 
   python -m train fit --variant mlgcn --dataset voc2007 --data-root data/voc2007
-  python -m train all --dataset voc2007 --data-root data/voc2007 [--push-to-hub user/repo [--dry-run]]
+  python -m train all --dataset voc2007 --data-root data/voc2007 [--push-to-hub user/repo [--dry-run]] [--limit 100]
   python -m train evaluate --model runs/default/mlgcn/model --dataset voc2007 --data-root ... --split val
   python -m train push runs/default [--repo user/repo] [--dry-run]
   python -m train report runs/default
   python -m train export --model runs/default/mlgcn/model --format onnx [--output mlgcn.onnx]
   python -m train predict --model runs/default/mlgcn/model photos/ a.jpg --output preds.csv [--threshold 0.5]
 
+Boolean flags: ``--dry-run`` / ``--no-diagnostics`` (``--flag true|false`` is still accepted).
+``--limit N`` on fit / all / evaluate: a seeded sample of N images of each split, for a quick try.
 Values come from ``train/configs/<dataset>/<variant>.yaml`` (or ``--config FILE``, or
 ``--config-dir DIR`` with one ``<variant>.yaml`` per variant, e.g. ``train/configs/voc2007-cpu``); flags override.
 Launch with ``torchrun --nproc-per-node N -m train ...`` for several GPUs (DistributedDataParallel).
@@ -23,7 +25,7 @@ import numpy as np
 import yaml
 
 from train.config import (
-    VARIANTS, ConfigError, TrainConfig, add_config_arguments, config_path_for, load_yaml, resolve_config,
+    VARIANTS, ConfigError, TrainConfig, add_bool_flag, add_config_arguments, config_path_for, load_yaml, resolve_config,
 )
 
 
@@ -55,7 +57,7 @@ def config_for(argv: list[str], variant: str | None = None, prog: str = "python 
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--config", help="YAML config (default: train/configs/<dataset>/<variant>.yaml)")
     parser.add_argument("--config-dir", help="folder of <variant>.yaml files, e.g. train/configs/voc2007-cpu")
-    parser.add_argument("--resume", action="store_true", help="continue the run in its folder from its last checkpoint")
+    add_bool_flag(parser, "resume", False, "continue the run in its folder from its last checkpoint")
     add_config_arguments(parser, values)
     args = parser.parse_args(argv)
     if variant:
@@ -162,8 +164,8 @@ def cmd_push(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m train push")
     parser.add_argument("run", help="a run folder (runs/<group>/<variant>) or a group folder (all variants)")
     parser.add_argument("--repo", help="Hub repo id user/name; a group's variants go to its subfolders <variant>/")
-    parser.add_argument("--dry-run", action="store_true", help="only write what would be uploaded, under <run>/hub_upload")
-    parser.add_argument("--private", action="store_true")
+    add_bool_flag(parser, "dry-run", False, "only write what would be uploaded, under <run>/hub_upload")
+    add_bool_flag(parser, "private", False, "create the repo private")
     args = parser.parse_args(argv)
     return publish(Path(args.run), args.repo, args.dry_run, args.private)
 
@@ -186,14 +188,19 @@ def cmd_evaluate(argv: list[str]) -> int:
     parser.add_argument("--num-workers", type=int, default=4)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", help="write the metrics JSON here")
-    parser.add_argument("--merge", action="store_true",
-                        help="update the JSON already at --output (e.g. a run's eval.json) instead of replacing it")
-    parser.add_argument("--no-diagnostics", dest="diagnostics", action="store_false",
-                        help="skip map localisation, flip consistency and the graph ablation (mlc.diagnostics)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random-map baseline")
+    add_bool_flag(parser, "merge", False,
+                  "update the JSON already at --output (e.g. a run's eval.json) instead of replacing it")
+    add_bool_flag(parser, "diagnostics", True,
+                  "map localisation, flip consistency and the graph ablation (mlc.diagnostics)")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="a quick try: score a seeded sample of N images of the split (--seed), not all of it")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random-map baseline and of --limit's sample")
     args = parser.parse_args(argv)
     if args.batch_size <= 0 or args.num_workers < 0:
         print("error: --batch-size must be positive and --num-workers 0 or more", file=sys.stderr)
+        return 2
+    if args.limit is not None and args.limit < 1:
+        print(f"error: --limit {args.limit} must be 1 or more images", file=sys.stderr)
         return 2
     device = pick_device(args.device)
     model = load_model(args.model).to(device).eval()
@@ -203,6 +210,11 @@ def cmd_evaluate(argv: list[str]) -> int:
         print(f"error: the model's classes differ from those of {args.dataset}/{args.split}", file=sys.stderr)
         return 2
     dataset, rows = held_out_rows(dataset, Path(args.model))
+    if args.limit is not None and args.limit < len(dataset):
+        from train.data import limit_dataset
+
+        dataset = limit_dataset(dataset, args.limit, args.seed)
+        rows = f"--limit {args.limit}: a seeded sample (--seed {args.seed}) of {rows}"
     print(f"evaluating {model.model_name} on {len(dataset)} images of {args.dataset}/{args.split} ({rows})", file=sys.stderr)
     diagnostics = None
     if args.diagnostics:  # its forward passes give the scores too: one pass over the split, not two
@@ -219,6 +231,8 @@ def cmd_evaluate(argv: list[str]) -> int:
     report = evaluate(scores, dataset.labels, classes=model.classes)
     result = {"model": str(args.model), "model_name": model.model_name, "dataset": args.dataset, "split": args.split,
               "rows": rows, "num_images": len(dataset), "metrics": report.to_dict()}
+    if args.limit is not None:
+        result.update(limit=args.limit, limit_seed=args.seed, ids=list(dataset.ids))
     print(f"{model.model_name} on {args.dataset}/{args.split} ({rows}): mAP {100 * report.map:.2f} "
           f"(VOC {100 * report.map_voc:.2f}) CF1 {100 * report.cf1:.2f} OF1 {100 * report.of1:.2f}")
     if diagnostics is not None:

@@ -168,10 +168,11 @@ class Trainer:
         cfg = self.config
         self.splits, self.split_info = build_splits(
             cfg.dataset, cfg.data_root, cfg.train_split, cfg.eval_split, cfg.selection_fraction, cfg.seed,
-            eval_fraction=cfg.eval_fraction,
+            eval_fraction=cfg.eval_fraction, limit=cfg.limit,
         )
         if cfg.check_images:
-            verify_images([self.splits.train, self.splits.evaluation], threads=max(2, cfg.num_workers))
+            verify_images([self.splits.train, self.splits.evaluation], threads=max(2, cfg.num_workers),
+                          progress=self.env.is_main)
         classes = self.splits.fit.classes
         stats = label_statistics(self.splits.fit.labels, classes, difficult_as_positive=cfg.difficult_as_positive)
         variant = get_model_class(cfg.variant)
@@ -396,7 +397,7 @@ class Trainer:
         total = torch.zeros((), device=self.device)  # summed on the device: no host sync per step
         count, steps, start = 0, 0, time.perf_counter()
         bar = tqdm(total=self.steps_per_epoch(), desc=f"{self.config.variant} e{epoch + 1}/{self.total_epochs} s{stage.index}",
-                   disable=not self.env.is_main, leave=False)
+                   unit="batch", disable=not self.env.is_main, leave=False)
         for batch in self.train_batches(stage, epoch):
             n = batch["targets"].shape[0]
             loss = self.train_step(batch)
@@ -448,7 +449,11 @@ class Trainer:
         else:
             loader = DataLoader(dataset.with_transform(self.test_transform), batch_size=self.config.eval_batch_size,
                                 sampler=sampler, num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda")
-            for images, _ in loader:
+            from tqdm import tqdm
+
+            bar = tqdm(loader, desc=f"{self.config.variant} predict {split}", unit="batch", leave=False,
+                       disable=not self.env.is_main or len(loader) < 2)
+            for images, _ in bar:
                 images = self.to_device({"images": images})["images"]
                 scores.append(model(images).float().sigmoid().cpu())
         local = (indices, torch.cat(scores).numpy() if scores else np.zeros((0, len(dataset.classes))))
@@ -655,7 +660,7 @@ class Trainer:
 
             if cfg.diagnostics:  # what the selected model's maps and graph do (mlc.diagnostics)
                 result["diagnostics"] = diagnose(best, self.splits.evaluation, self.device,
-                                                 cfg.eval_batch_size, cfg.num_workers, seed=cfg.seed)
+                                                 cfg.eval_batch_size, cfg.num_workers, seed=cfg.seed, progress=True)
             np.savez_compressed(self.run_dir / "eval_scores.npz", scores=scores.astype(np.float32),
                                 targets=targets.astype(np.int8), ids=np.array(self.splits.evaluation.ids))
             text = json.dumps(result, indent=1)
