@@ -88,6 +88,7 @@ def test_fit_limit_samples_each_split_seeded_and_records_it(tmp_path, capfd):
     assert result["num_images"] == 6 and "diagnostics" not in result
     err = capfd.readouterr().err
     assert "--limit 6: 6 images of 'train' and 6 of 'val'" in err
+    assert "note: the selection split has 2 image(s): its mAP hardly tells epochs apart" in err
     assert "check images" in err and "/12 [" in err  # the decode check has a bar with counts
 
     from mlc.data import build_dataset

@@ -18,6 +18,9 @@ from PIL import Image
 from mlc.data import DatasetError, MultiLabelDataset, build_dataset
 
 
+SMALL_SELECTION = 20  # fewer selection images than this: model selection is mostly noise
+
+
 @dataclass
 class RunSplits:
     train: MultiLabelDataset  # the whole training split; feature caches are keyed on it
@@ -97,6 +100,10 @@ def build_splits(
               f"({eval_fraction:.0%}, seeded) are held out for evaluation and never trained on (split.json lists them)",
               file=sys.stderr)
     fit_idx, sel_idx = carve_selection(len(train), fraction, seed)
+    if len(sel_idx) < SMALL_SELECTION:
+        print(f"note: the selection split has {len(sel_idx)} image(s): its mAP hardly tells epochs apart (on a "
+              f"handful of images it is 1.0 every epoch, and the first epoch is kept); expect the selected model, "
+              f"and the model stage 2 starts from, to be an early one (README, Train: 'A quick try')", file=sys.stderr)
     splits = RunSplits(train=train, fit=train.subset(fit_idx), selection=train.subset(sel_idx), evaluation=evaluation,
                        fit_indices=fit_idx, selection_indices=sel_idx)
     info = SplitInfo(
