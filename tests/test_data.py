@@ -364,4 +364,6 @@ def test_summary_cli_subprocess(tmp_path: Path) -> None:
 
 def test_summary_reports_dataset_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert summary_main([str(tmp_path / "nothing")]) == 2
+    assert "nothing: no such file or folder" in capsys.readouterr().err
+    assert summary_main([str(tmp_path), "--kind", "voc2007"]) == 2  # the reader's own error when the kind is given
     assert "no VOC2007 tree" in capsys.readouterr().err

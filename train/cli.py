@@ -1,11 +1,15 @@
 """``python -m train``: fit one variant, all five, evaluate a saved model, push a run, write a report.
 
   python -m train fit --variant mlgcn --dataset voc2007 --data-root data/voc2007
-  python -m train all --dataset voc2007 --data-root data/voc2007 [--push-to-hub user/repo [--dry-run]]
+  python -m train all --dataset voc2007 --data-root data/voc2007 [--push-to-hub user/repo [--dry-run]] [--limit 100]
   python -m train evaluate --model runs/default/mlgcn/model --dataset voc2007 --data-root ... --split val
   python -m train push runs/default [--repo user/repo] [--dry-run]
   python -m train report runs/default
+  python -m train export --model runs/default/mlgcn/model --format onnx [--output mlgcn.onnx]
+  python -m train predict --model runs/default/mlgcn/model photos/ a.jpg --output preds.csv [--threshold 0.5]
 
+Boolean flags: ``--dry-run`` / ``--no-diagnostics`` (``--flag true|false`` is still accepted).
+``--limit N`` on fit / all / evaluate: a seeded sample of N images of each split, for a quick try.
 Values come from ``train/configs/<dataset>/<variant>.yaml`` (or ``--config FILE``, or
 ``--config-dir DIR`` with one ``<variant>.yaml`` per variant, e.g. ``train/configs/voc2007-cpu``); flags override.
 Launch with ``torchrun --nproc-per-node N -m train ...`` for several GPUs (DistributedDataParallel).
@@ -17,11 +21,13 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from train.config import (
     ConfigError,
     TrainConfig,
+    add_bool_flag,
     add_config_arguments,
     config_path_for,
     default_variant,
@@ -58,7 +64,7 @@ def config_for(argv: list[str], variant: str | None = None, prog: str = "python 
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--config", help="YAML config (default: train/configs/<dataset>/<variant>.yaml)")
     parser.add_argument("--config-dir", help="folder of <variant>.yaml files, e.g. train/configs/voc2007-cpu")
-    parser.add_argument("--resume", action="store_true", help="continue the run in its folder from its last checkpoint")
+    add_bool_flag(parser, "resume", False, "continue the run in its folder from its last checkpoint")
     add_config_arguments(parser, values)
     args = parser.parse_args(argv)
     if variant:
@@ -181,8 +187,8 @@ def cmd_push(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m train push")
     parser.add_argument("run", help="a run folder (runs/<group>/<variant>) or a group folder (all variants)")
     parser.add_argument("--repo", help="Hub repo id user/name; a group's variants go to its subfolders <variant>/")
-    parser.add_argument("--dry-run", action="store_true", help="only write what would be uploaded, under <run>/hub_upload")
-    parser.add_argument("--private", action="store_true")
+    add_bool_flag(parser, "dry-run", False, "only write what would be uploaded, under <run>/hub_upload")
+    add_bool_flag(parser, "private", False, "create the repo private")
     args = parser.parse_args(argv)
     return publish(Path(args.run), args.repo, args.dry_run, args.private)
 
@@ -205,14 +211,19 @@ def cmd_evaluate(argv: list[str]) -> int:
     parser.add_argument("--num-workers", type=int, default=4)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", help="write the metrics JSON here")
-    parser.add_argument("--merge", action="store_true",
-                        help="update the JSON already at --output (e.g. a run's eval.json) instead of replacing it")
-    parser.add_argument("--no-diagnostics", dest="diagnostics", action="store_false",
-                        help="skip map localisation, flip consistency and the graph ablation (mlc.diagnostics)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random-map baseline")
+    add_bool_flag(parser, "merge", False,
+                  "update the JSON already at --output (e.g. a run's eval.json) instead of replacing it")
+    add_bool_flag(parser, "diagnostics", True,
+                  "map localisation, flip consistency and the graph ablation (mlc.diagnostics)")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="a quick try: score a seeded sample of N images of the split (--seed), not all of it")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random-map baseline and of --limit's sample")
     args = parser.parse_args(argv)
     if args.batch_size <= 0 or args.num_workers < 0:
         print("error: --batch-size must be positive and --num-workers 0 or more", file=sys.stderr)
+        return 2
+    if args.limit is not None and args.limit < 1:
+        print(f"error: --limit {args.limit} must be 1 or more images", file=sys.stderr)
         return 2
     device = pick_device(args.device)
     model = load_model(args.model).to(device).eval()
@@ -222,6 +233,11 @@ def cmd_evaluate(argv: list[str]) -> int:
         print(f"error: the model's classes differ from those of {args.dataset}/{args.split}", file=sys.stderr)
         return 2
     dataset, rows = held_out_rows(dataset, Path(args.model))
+    if args.limit is not None and args.limit < len(dataset):
+        from train.data import limit_dataset
+
+        dataset = limit_dataset(dataset, args.limit, args.seed)
+        rows = f"--limit {args.limit}: a seeded sample (--seed {args.seed}) of {rows}"
     print(f"evaluating {model.model_name} on {len(dataset)} images of {args.dataset}/{args.split} ({rows})", file=sys.stderr)
     diagnostics = None
     if args.diagnostics:  # its forward passes give the scores too: one pass over the split, not two
@@ -238,6 +254,8 @@ def cmd_evaluate(argv: list[str]) -> int:
     report = evaluate(scores, dataset.labels, classes=model.classes)
     result = {"model": str(args.model), "model_name": model.model_name, "dataset": args.dataset, "split": args.split,
               "rows": rows, "num_images": len(dataset), "metrics": report.to_dict()}
+    if args.limit is not None:
+        result.update(limit=args.limit, limit_seed=args.seed, ids=list(dataset.ids))
     print(f"{model.model_name} on {args.dataset}/{args.split} ({rows}): mAP {100 * report.map:.2f} "
           f"(VOC {100 * report.map_voc:.2f}) CF1 {100 * report.cf1:.2f} OF1 {100 * report.of1:.2f}")
     if diagnostics is not None:
@@ -312,7 +330,71 @@ def cmd_report(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "all": cmd_all, "evaluate": cmd_evaluate, "push": cmd_push, "report": cmd_report}
+def cmd_export(argv: list[str]) -> int:
+    """Wires ``mlc.export``: load, export, check against PyTorch with onnxruntime, say where it went."""
+    from mlc.export import TOLERANCE, export_onnx
+    from mlc.models import load_model
+    from mlc.predict import model_thresholds
+
+    parser = argparse.ArgumentParser(prog="python -m train export")
+    parser.add_argument("--model", required=True, help="saved model folder or Hub repo id")
+    parser.add_argument("--format", default="onnx", choices=["onnx"])
+    parser.add_argument("--output", help="file to write (default: <model name>.onnx in the current folder)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help=f"skip the comparison with PyTorch in onnxruntime (max abs logit difference < {TOLERANCE:g})")
+    args = parser.parse_args(argv)
+    model = load_model(args.model)
+    thresholds, _ = model_thresholds(model, args.model)
+    output = Path(args.output or f"{model.model_name}.onnx")
+    result = export_onnx(model, output, opset=args.opset, check=args.check, thresholds=thresholds.tolist())
+    size = model.image_size
+    checked = (f"; onnxruntime matches PyTorch (max abs logit difference {result['max_abs_diff']:.2g})"
+               if result["max_abs_diff"] is not None else "")
+    print(f"{model.model_name} -> {output} ({output.stat().st_size / 2**20:.1f} MB): input 'images' float32 "
+          f"(batch, 3, {size}, {size}) RGB in [0, 1], output 'logits' (batch, {model.num_classes}){checked}")
+    return 0
+
+
+def cmd_predict(argv: list[str]) -> int:
+    """Wires ``mlc.predict``: files and folders -> one CSV row per image, with a progress bar."""
+    from mlc.models import load_model
+    from mlc.predict import PredictError, collect_images, model_thresholds, predict_files, write_predictions
+    from train.distributed import pick_device
+
+    parser = argparse.ArgumentParser(prog="python -m train predict")
+    parser.add_argument("--model", required=True, help="saved model folder or Hub repo id")
+    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                        help="image files, or folders searched recursively for images")
+    parser.add_argument("--output", default="predictions.csv", help="CSV to write (default: predictions.csv)")
+    parser.add_argument("--threshold", type=float,
+                        help="one threshold for every class (default: the model's per-class thresholds, else 0.5)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-workers", type=int, default=0, help="decoding processes (default: 0, in this one)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise PredictError(f"--threshold {args.threshold:g} must be a probability in [0, 1]")
+    if args.batch_size <= 0 or args.num_workers < 0:
+        raise PredictError("--batch-size must be positive and --num-workers 0 or more")
+    files = collect_images(args.images)  # a missing path stops here, before the model loads
+    model = load_model(args.model)
+    thresholds, source = model_thresholds(model, args.model)
+    if args.threshold is not None:
+        thresholds, source = np.full(model.num_classes, args.threshold), f"--threshold {args.threshold:g} for every class"
+    print(f"predicting {len(files)} image(s) with {model.model_name}; labels: {source}", file=sys.stderr)
+    result = predict_files(model, files, thresholds, device=pick_device(args.device), batch_size=args.batch_size,
+                           num_workers=args.num_workers)
+    if not result.rows:
+        raise PredictError(f"none of the {len(files)} file(s) could be decoded as an image; nothing written")
+    write_predictions(result.rows, model.classes, args.output)
+    skipped = f"; skipped {len(result.skipped)} file(s) that are not decodable images (named above)" if result.skipped else ""
+    print(f"{len(result.rows)} image(s) -> {args.output}{skipped}")
+    return 0
+
+
+COMMANDS = {"fit": cmd_fit, "all": cmd_all, "evaluate": cmd_evaluate, "push": cmd_push, "report": cmd_report,
+            "export": cmd_export, "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

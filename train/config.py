@@ -48,6 +48,7 @@ class TrainConfig:
     seeds: int = 1  # `train all`: run seeds seed, seed+1, ... (further seeds in <group>/seed<S>/<variant>)
     eval_fraction: float = 0.2  # carved (seeded) for evaluation only when the eval split is the training data
     difficult_as_positive: bool = True
+    limit: int | None = None  # a quick try: a seeded sample of this many images of each split (split.json lists them)
     # model
     backbone: str = "efficientnet_lite0"
     pretrained: bool = True
@@ -123,6 +124,9 @@ class TrainConfig:
         if group.is_absolute() or ".." in group.parts:  # runs/<group>/<variant> must stay under output_dir
             raise ConfigError(f"config value group={self.group!r} must be a folder name inside output_dir "
                               f"{str(self.output_dir)!r}: not absolute, no '..'")
+        if self.limit is not None and self.limit < 2:
+            raise ConfigError(f"config value limit={self.limit!r} must be at least 2 images (the selection split is "
+                              "carved from the training images), or none")
         if self.stage1_epochs + self.stage2_epochs == 0:
             raise ConfigError("stage1_epochs + stage2_epochs is 0: nothing would be trained; give at least one epoch")
         self.model_params = check_model_params(self.variant, self.model_params)
@@ -217,6 +221,15 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
 
 
+def add_bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help: str = "") -> None:
+    """``--name`` (true), ``--no-name`` (false) and the older ``--name true|false``: one style for every
+    boolean flag of every command, without breaking scripts written for the older one."""
+    dest = name.replace("-", "_")
+    parser.add_argument(f"--{name}", dest=dest, type=_parse_bool, nargs="?", const=True, default=default,
+                        metavar="true|false", help=f"{help} (default: {default}; --no-{name} to turn off)".strip())
+    parser.add_argument(f"--no-{name}", dest=dest, action="store_false", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def _optional(kind):
     def parse(text: str):
         return None if text.lower() in ("none", "null", "") else kind(text)
@@ -235,6 +248,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults: dict[str, An
             continue
         default = defaults.get(f.name, f.default)
         kind = {"bool": _parse_bool, "int": int, "float": float, "str": str}.get(str(f.type).split(" |")[0], str)
+        if kind is _parse_bool and "None" not in str(f.type):
+            add_bool_flag(parser, f.name.replace("_", "-"), default)
+            continue
         if "None" in str(f.type):
             kind = _optional(kind)
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default, help=f"(default: {default})")

@@ -92,10 +92,11 @@ class Trainer(FeatureStore, Checkpointing, Evaluation):
         cfg = self.config
         self.splits, self.split_info = build_splits(
             cfg.dataset, cfg.data_root, cfg.train_split, cfg.eval_split, cfg.selection_fraction, cfg.seed,
-            eval_fraction=cfg.eval_fraction,
+            eval_fraction=cfg.eval_fraction, limit=cfg.limit,
         )
         if cfg.check_images:
-            verify_images([self.splits.train, self.splits.evaluation], threads=max(2, cfg.num_workers))
+            verify_images([self.splits.train, self.splits.evaluation], threads=max(2, cfg.num_workers),
+                          progress=self.env.is_main)
         classes = self.splits.fit.classes
         stats = label_statistics(self.splits.fit.labels, classes, difficult_as_positive=cfg.difficult_as_positive)
         variant = get_model_class(cfg.variant)
@@ -268,7 +269,7 @@ class Trainer(FeatureStore, Checkpointing, Evaluation):
         total = torch.zeros((), device=self.device)  # summed on the device: no host sync per step
         count, steps, start = 0, 0, time.perf_counter()
         bar = tqdm(total=self.steps_per_epoch(), desc=f"{self.config.variant} e{epoch + 1}/{self.total_epochs} s{stage.index}",
-                   disable=not self.env.is_main, leave=False)
+                   unit="batch", disable=not self.env.is_main, leave=False)
         for batch in self.train_batches(stage, epoch):
             n = batch["targets"].shape[0]
             loss = self.train_step(batch)

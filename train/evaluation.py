@@ -47,7 +47,11 @@ class Evaluation:
         else:
             loader = DataLoader(dataset.with_transform(self.test_transform), batch_size=self.config.eval_batch_size,
                                 sampler=sampler, num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda")
-            for images, _ in loader:
+            from tqdm import tqdm
+
+            bar = tqdm(loader, desc=f"{self.config.variant} predict {split}", unit="batch", leave=False,
+                       disable=not self.env.is_main or len(loader) < 2)
+            for images, _ in bar:
                 images = self.to_device({"images": images})["images"]
                 scores.append(model(images).float().sigmoid().cpu())
         local = (indices, torch.cat(scores).numpy() if scores else np.zeros((0, len(dataset.classes))))
@@ -92,7 +96,7 @@ class Evaluation:
 
             if cfg.diagnostics:  # what the selected model's maps and graph do (mlc.diagnostics)
                 result["diagnostics"] = diagnose(best, self.splits.evaluation, self.device,
-                                                 cfg.eval_batch_size, cfg.num_workers, seed=cfg.seed)
+                                                 cfg.eval_batch_size, cfg.num_workers, seed=cfg.seed, progress=True)
             np.savez_compressed(self.run_dir / "eval_scores.npz", scores=scores.astype(np.float32),
                                 targets=targets.astype(np.int8), ids=np.array(self.splits.evaluation.ids))
             text = json.dumps(result, indent=1)

@@ -95,7 +95,7 @@ def extract_view(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     chunks = []
-    for images, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for images, _ in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         images = view(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             chunks.append(part(images).float().cpu())

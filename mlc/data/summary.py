@@ -1,8 +1,11 @@
 """Per-class image counts per split, as a Markdown table.
 
-    python -m mlc.data.summary <root> [--kind voc2007] [--splits train val]
+    python -m mlc.data.summary <root> [--kind voc2007|voc2012|coco2014|coco2017|csv] [--splits train val]
 
-Counts are images (not objects): the unit a multi-label classifier sees.
+The kind is inferred from ``root`` (a VOC tree, a COCO root, a CSV file or a folder of ``<split>.csv``);
+``--kind`` overrides it. Without ``--splits``: train and val where both exist, the one that exists
+otherwise; a single CSV file is one column. Counts are images (not objects): the unit a multi-label
+classifier sees.
 """
 
 from __future__ import annotations
@@ -10,9 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from .base import DatasetError, MultiLabelDataset
-from .factory import DATASET_KINDS, build_dataset
+from .factory import DATASET_KINDS, build_dataset, infer_kind
 
 __all__ = ["summarize", "main"]
 
@@ -50,14 +54,34 @@ def summarize(datasets: Mapping[str, MultiLabelDataset]) -> str:
     return "\n".join(lines)
 
 
+def split_exists(kind: str, root: str | Path, split: str) -> bool:
+    """Whether ``root`` has a ``split`` of ``kind`` at all (its list, annotation file or CSV)."""
+    from .factory import coco_paths
+    from .voc import resolve_voc_root
+
+    try:
+        if kind.startswith("voc"):
+            return (resolve_voc_root(root, kind[3:]) / "ImageSets" / "Main" / f"{split}.txt").is_file()
+        if kind.startswith("coco"):
+            return coco_paths(root, split, kind[4:])[0].is_file()
+        return (Path(root) / f"{split}.csv").is_file()
+    except DatasetError:
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlc.data.summary", description=__doc__.splitlines()[0])
     parser.add_argument("root", help="dataset root (VOC tree, COCO root, or CSV file / folder)")
-    parser.add_argument("--kind", default="voc2007", choices=DATASET_KINDS)
-    parser.add_argument("--splits", nargs="+", default=["train", "val"])
+    parser.add_argument("--kind", choices=DATASET_KINDS, help="override the inferred kind")
+    parser.add_argument("--splits", nargs="+", help="default: train and val, those that exist")
     args = parser.parse_args(argv)
     try:
-        datasets = {split: build_dataset(args.kind, args.root, split) for split in args.splits}
+        kind = args.kind or infer_kind(args.root)
+        if kind == "csv" and Path(args.root).is_file():  # one file: its rows, whatever the split names
+            datasets = {Path(args.root).name: build_dataset(kind, args.root, "train")}
+        else:
+            splits = args.splits or [s for s in ("train", "val") if split_exists(kind, args.root, s)] or ["train"]
+            datasets = {split: build_dataset(kind, args.root, split) for split in splits}
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
