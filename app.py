@@ -117,7 +117,11 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
         with gr.Tabs():
             with gr.Tab("Predict"):
                 with gr.Row():
-                    threshold = checked_by_handler(gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Threshold"))
+                    thresholds = checked_by_handler(gr.Radio(
+                        ["per-class", "global"], value="per-class", label="thresholds",
+                        info="per-class: each method's own, tuned on its selection split; global: the slider"))
+                    threshold = checked_by_handler(gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Threshold",
+                                                             info="for every class, when thresholds is global"))
                     top_k = checked_by_handler(gr.Slider(
                         1, 20, value=5, step=1, label="Top-k",
                         info="classes in the chart; labels are taken from each method's top-k"))
@@ -186,7 +190,7 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                 disagree_gallery = gr.Gallery(label="disputed images", columns=4, height="auto", preview=False, visible=False,
                                               object_fit="contain", elem_id="disagree-gallery")
 
-        predict_io = dict(fn=handlers.predict, inputs=[image, threshold, top_k, session],
+        predict_io = dict(fn=handlers.predict, inputs=[image, threshold, top_k, thresholds, session],
                           outputs=[predict_status, table, chart, labels, labels_view], **busy)
         predicted = predict_button.click(**predict_io, api_name="predict")
         predicted.success(top_class, inputs=[table], outputs=[explain_class, flip_class], api_visibility="private")
@@ -194,6 +198,7 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                           api_name="graph_effect", **busy)
         for slider in (threshold, top_k):
             slider.release(**predict_io, api_visibility="private")
+        thresholds.input(**predict_io, api_visibility="private")
         explain_button.click(handlers.explain, [image, explain_class, session], [explain_status, explain_gallery],
                              api_name="explain", **busy)
         flip_button.click(handlers.flip_consistency, [image, flip_method, flip_class, session],

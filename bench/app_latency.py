@@ -96,7 +96,7 @@ def raw_http_predict(base: str, path: str) -> Callable[[], object]:
     http = httpx.Client(base_url=base, timeout=120)
     with open(path, "rb") as f:
         uploaded = http.post("/gradio_api/upload", files={"files": (Path(path).name, f)}).json()[0]
-    payload = {"data": [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, 0.5, 5]}
+    payload = {"data": [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, 0.5, 5, "global"]}
 
     def run() -> None:
         event = http.post("/gradio_api/call/predict", json=payload).json()["event_id"]

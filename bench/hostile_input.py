@@ -102,7 +102,7 @@ def main() -> None:
     with app_process(args.checkpoints) as (proc, url, _):
         warm = (ROOT / "examples" / "grace_hopper.jpg").read_bytes()
         uploaded = httpx.post(f"{url}gradio_api/upload", files={"files": ("w.jpg", warm)}).json()[0]
-        call(url, "predict", [{"path": uploaded}, 0.5, 5])  # the first request warms caches
+        call(url, "predict", [{"path": uploaded}, 0.5, 5, "global"])  # the first request warms caches
         rows = []
         for name, kind, content in prepared:
             if kind == "file":
@@ -115,7 +115,7 @@ def main() -> None:
                 payload = {"path": content} if kind == "path" else {"url": content}
             Path(f"/proc/{proc.pid}/clear_refs").write_text("5")
             before = status_kb(proc.pid, "VmRSS")
-            outcome, data = call(url, "predict", [payload, 0.5, 5], timeout=300)
+            outcome, data = call(url, "predict", [payload, 0.5, 5, "global"], timeout=300)
             growth = (status_kb(proc.pid, "VmHWM") - before) / 1024
             answer = "predicted" if outcome == "complete" else str(data).split(". Please")[0][:90]
             rows.append((name, answer, growth))

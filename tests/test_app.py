@@ -190,7 +190,7 @@ from gradio_client.exceptions import AppError  # noqa: E402  (what a failed requ
 def predict(client, path: Path, threshold: float = 0.5, top_k: int = 5) -> tuple:
     from gradio_client import handle_file
 
-    return client.predict(handle_file(str(path)), threshold, top_k, api_name="/predict")
+    return client.predict(handle_file(str(path)), threshold, top_k, "global", api_name="/predict")
 
 
 def assert_clean(message: str) -> None:
@@ -214,7 +214,7 @@ def test_every_handler_is_a_named_endpoint(client):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     params = {name: [p["parameter_name"] for p in spec["parameters"]] for name, spec in api.items()}
     assert params == {
-        "/predict": ["image", "threshold", "top_k"],
+        "/predict": ["image", "threshold", "top_k", "thresholds"],
         "/explain": ["image", "class_name"],
         "/flip_consistency": ["image", "method", "class_name"],
         "/graph_effect": ["image"],

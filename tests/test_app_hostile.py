@@ -24,7 +24,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]
-IMAGE_ENDPOINTS = {"predict": [0.5, 5], "graph_effect": [], "explain": [None], "flip_consistency": [None, None]}
+IMAGE_ENDPOINTS = {"predict": [0.5, 5, "global"], "graph_effect": [], "explain": [None], "flip_consistency": [None, None]}
 
 
 def call(url: str, api: str, data: list, headers: dict | None = None, timeout: float = 120) -> tuple[str, object]:
@@ -66,9 +66,9 @@ def test_a_server_path_is_refused_the_same_whether_or_not_it_exists(url, photo, 
 
 def test_an_upload_through_the_api_still_works(url, photo):  # noqa: F811
     uploaded = httpx.post(f"{url}gradio_api/upload", files={"files": ("p.jpg", photo.read_bytes(), "image/jpeg")}).json()[0]
-    kind, data = call(url, "predict", [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, 0.5, 5])
+    kind, data = call(url, "predict", [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, 0.5, 5, "global"])
     assert kind == "complete", data
-    kind, data = call(url, "predict", [{"path": uploaded}, 0.5, 5])  # no meta: same file, same answer
+    kind, data = call(url, "predict", [{"path": uploaded}, 0.5, 5, "global"])  # no meta: same file, same answer
     assert kind == "complete", data
 
 
@@ -76,7 +76,7 @@ def test_an_upload_through_the_api_still_works(url, photo):  # noqa: F811
 @pytest.mark.parametrize("value, expected", [(123, "got int"), ("abc", "got str"), ([1, 2], "got list"),
                                              ({"url": "https://example.com/x.jpg"}, "names no file")])
 def test_a_wrong_image_type_gets_a_message(url, value, expected):
-    kind, message = call(url, "predict", [value, 0.5, 5])
+    kind, message = call(url, "predict", [value, 0.5, 5, "global"])
     assert kind == "error" and message and expected in message, message
 
 
@@ -85,10 +85,10 @@ def test_a_data_url_over_the_cap_is_refused_before_decoding(url):
     import app
 
     body = "data:image/jpeg;base64," + "A" * (4 * (app.uploads.MAX_UPLOAD_BYTES // 3 + 1024))
-    kind, message = call(url, "predict", [{"url": body}, 0.5, 5])
+    kind, message = call(url, "predict", [{"url": body}, 0.5, 5, "global"])
     assert kind == "error" and "the limit is 15 MB" in message, message
     huge = body + "A" * (8 * 2**20)  # past the request cap: refused while it arrives, before parsing
-    kind, message = call(url, "predict", [{"url": huge}, 0.5, 5])
+    kind, message = call(url, "predict", [{"url": huge}, 0.5, 5, "global"])
     assert kind == "refused" and "Request body over 21 MB" in message, message
     chunks = (huge[i:i + 2**20].encode() for i in range(0, len(huge), 2**20))  # no content-length: cut short
     r = httpx.post(f"{url}gradio_api/queue/join", content=chunks, headers={"content-type": "application/json"})
@@ -101,7 +101,7 @@ def test_a_small_data_url_is_predicted_and_cleaned_up_like_an_upload(url, photo,
     from mlc.serving.components import _upload_path
 
     body = "data:image/jpeg;base64," + base64.b64encode(photo.read_bytes()).decode()
-    kind, data = call(url, "predict", [{"url": body}, 0.5, 5])
+    kind, data = call(url, "predict", [{"url": body}, 0.5, 5, "global"])
     assert kind == "complete", data
     component = gr.Image()
     path = _upload_path(component, {"url": body})
@@ -191,10 +191,10 @@ def test_a_bomb_through_the_api_is_refused_and_the_app_keeps_serving(url, photo,
     path = tmp_path / "bomb.jpg"
     path.write_bytes(jpeg_declaring(50000, 50000, progressive=True))
     uploaded = httpx.post(f"{url}gradio_api/upload", files={"files": ("b.jpg", path.read_bytes(), "image/jpeg")}).json()[0]
-    kind, message = call(url, "predict", [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, 0.5, 5])
+    kind, message = call(url, "predict", [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, 0.5, 5, "global"])
     assert kind == "error" and "Image too large (50000 x 50000" in message, message
     uploaded = httpx.post(f"{url}gradio_api/upload", files={"files": ("p.jpg", photo.read_bytes(), "image/jpeg")}).json()[0]
-    assert call(url, "predict", [{"path": uploaded}, 0.5, 5])[0] == "complete"
+    assert call(url, "predict", [{"path": uploaded}, 0.5, 5, "global"])[0] == "complete"
 
 
 # -- 5. a greedy client -----------------------------------------------------------------------------------
@@ -208,7 +208,7 @@ def test_a_greedy_client_is_capped_served_round_robin_and_abandoned_jobs_are_dro
         queue.grace = 0.5
         uploaded = httpx.post(f"{url}gradio_api/upload",
                               files={"files": ("p.jpg", photo.read_bytes(), "image/jpeg")}).json()[0]
-        body = {"data": [{"path": uploaded}, 0.5, 5]}
+        body = {"data": [{"path": uploaded}, 0.5, 5, "global"]}
 
         def post(client: str) -> httpx.Response:
             return httpx.post(f"{url}gradio_api/call/predict", json=body, headers={"x-client": client}, timeout=30)
@@ -299,7 +299,7 @@ def test_at_most_four_visitor_model_sets_live_and_an_ended_session_frees_its_own
     again = handlers.load_models(source, sessions[4])[0]  # a new load in a session frees its previous set
     assert not sessions[4].methods and again.methods
     with pytest.raises(app.gr.Error, match="unloaded to free memory|No model is loaded"):
-        handlers.predict(str(write_photo(tmp_path / "p.jpg")), 0.5, 5, sessions[0])
+        handlers.predict(str(write_photo(tmp_path / "p.jpg")), 0.5, 5, session=sessions[0])
 
 
 @pytest.mark.parametrize("classes, expected", [(["cat", "dog", "cat"], "'cat' appears more than once"),

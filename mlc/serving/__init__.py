@@ -27,7 +27,8 @@ from mlc.serving.model_set import (  # noqa: F401
     share_backbones, split_revision,
 )
 from mlc.serving.predict import (  # noqa: F401
-    labels_html, method_colour, predict_probabilities, predicted_labels, probability_bars_html,
+    OutOfClassNotice, Prediction, class_thresholds, labels_html, method_colour, out_of_class, predict,
+    predict_probabilities, predicted_labels, probability_bars_html,
 )
 from mlc.serving.runtime import configure_memory, configure_threads  # noqa: F401
 from mlc.serving.text import md, status_markdown  # noqa: F401

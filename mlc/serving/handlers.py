@@ -32,9 +32,9 @@ def guarded(fn: Callable[..., tuple]) -> Callable[..., tuple]:
     words (an exception's text may hold server paths)."""
 
     @functools.wraps(fn)
-    def run(*args: Any) -> tuple:
+    def run(*args: Any, **kwargs: Any) -> tuple:
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except RequestError as err:
             raise gr.Error(str(err), print_exception=False) from None
         except gr.Error:
@@ -132,18 +132,30 @@ class Handlers:
 
     @guarded
     @gpu_task(duration=30)  # ZeroGPU: a GPU for the model work; nothing changes on a CPU
-    def predict(self, image: Any, threshold: Any, top_k: Any, session: ModelSet | None = None) -> tuple:
-        """Every method's per-class probabilities, a chart of the top-k classes, and the labels at the threshold."""
+    def predict(self, image: Any, threshold: Any = None, top_k: Any = 5, thresholds: Any = None,
+                session: ModelSet | None = None) -> tuple:
+        """Every method's per-class probabilities, a chart of the top-k classes, and the labels: at
+        each method's per-class thresholds (tuned on its selection split) when ``threshold`` is None
+        or ``thresholds`` is "per-class", else at ``threshold`` for every class. A notice replaces
+        silent labels when most calibrated methods find the photo unlike the classes they know."""
         start = time.perf_counter()
-        threshold = _number(threshold, "threshold", 0.0, 1.0)
+        mode = _text(thresholds, "thresholds") or ("per-class" if threshold is None else "global")
+        if mode not in ("per-class", "global"):
+            raise RequestError(f"thresholds must be 'per-class' or 'global', got {mode[:20]!r}.")
+        threshold = None if mode == "per-class" else _number(0.5 if threshold is None else threshold, "threshold", 0.0, 1.0)
         top_k = int(_number(top_k, "top_k", 1, 20))
         decoded = _image(image)
         models = self.models_of(session)
-        table = serving.predict_probabilities(models, decoded.image)
-        labels = serving.predicted_labels(table, threshold, top_k)
+        result = serving.predict(models, decoded.image)
+        table = result.table
+        labels = serving.predicted_labels(table, serving.class_thresholds(models, threshold), top_k)
         chart = serving.probability_bars_html(table, top_k, threshold)
         top = table.index[0]
-        status = (f"{len(models.methods)} methods on a {decoded.original_size[0]} x {decoded.original_size[1]} image "
+        notice = serving.out_of_class(models, result.logits)
+        warning = (f"**Notice: this photo looks unlike what the models were trained on** ({len(notice.flagged)} of "
+                   f"{len(notice.calibrated)} methods flag it): they only know {len(models.classes)} classes, so the "
+                   "labels below may be meaningless. " if notice.shown else "")
+        status = (f"{warning}{len(models.methods)} methods on a {decoded.original_size[0]} x {decoded.original_size[1]} image "
                   f"in {time.perf_counter() - start:.2f} s. Top class: **{serving.md(top)}** "
                   f"(mean {table['mean'].iloc[0]:.2f}). {decoded.note}")
         return status, _records(table.round(3), "class"), chart, labels, serving.labels_html(labels, threshold, top_k)
@@ -269,7 +281,7 @@ class Handlers:
             if self._opening is None and self.examples:
                 effect = self.graph_effect(str(self.examples[0])) if any(
                     m.model.has_label_graph for m in self.models.methods.values()) else (gr.update(), gr.update())
-                self._opening = (*self.predict(str(self.examples[0]), 0.5, 5), *effect)
+                self._opening = (*self.predict(str(self.examples[0]), None, 5), *effect)
         if self._opening is None:
             return (gr.update(),) * 8
         return (str(self.examples[0]), *self._opening)
