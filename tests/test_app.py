@@ -343,7 +343,7 @@ def test_what_the_models_see_shows_the_shipped_diagnostics(client, checkpoints):
 
 
 def test_disputed_images_come_from_the_operators_dataset_folder(checkpoints):
-    from mlc import insight
+    from mlc.serving import seeing as insight
     from mlc.serving import ModelSet
 
     images = insight.disagreement_table(ModelSet({}, report=json.loads((checkpoints / "report.json").read_text())))[2]
@@ -396,12 +396,13 @@ def test_label_graph_counts_directed_edges(client, checkpoints, tau):
 def test_analysis_is_computed_once_per_model_set(client, monkeypatch):
     """Every Analysis figure and the t-SNE are computed on the first open and then served from
     memory (the time it takes is bench/app_latency.py's to measure, not a test's)."""
-    from mlc import insight, serving
+    from mlc import serving
+    from mlc.serving import seeing
 
     made = []
     for module, name in ((serving, "ap_chart"), (serving, "cooccurrence_heatmap"), (serving, "graph_figure"),
-                         (serving, "tsne_figure"), (serving.analysis, "classifier_embedding"), (insight, "seeing_figure"),
-                         (insight, "graph_figure")):
+                         (serving, "tsne_figure"), (serving.analysis, "classifier_embedding"), (seeing, "seeing_figure"),
+                         (seeing, "graph_figure")):
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _f=original, _n=f"{module.__name__}.{name}", **k:
                             made.append(_n) or _f(*a, **k))

@@ -17,7 +17,8 @@ from typing import Any, Callable
 import gradio as gr
 import pandas as pd
 
-from mlc import insight, serving
+from mlc import serving
+from mlc.serving import seeing
 from mlc.serving.errors import RequestError
 from mlc.serving.runtime import gpu_task
 from mlc.serving.model_set import ModelSet
@@ -208,13 +209,13 @@ class Handlers:
         "disagreement"): map localisation against boxes, flip consistency, what each label graph
         adds, and the images on which the methods disagree most."""
         models = self.models_of(session)
-        status, table = insight.seeing_table(models)
-        plot = serving.figure(models, ("seeing",), lambda: insight.seeing_figure(table)) if table is not None else None
-        per_class = insight.graph_table(models)
-        graph_plot = (serving.figure(models, ("graph-ap",), lambda: insight.graph_figure(per_class))
+        status, table = seeing.seeing_table(models)
+        plot = serving.figure(models, ("seeing",), lambda: seeing.seeing_figure(table)) if table is not None else None
+        per_class = seeing.graph_table(models)
+        graph_plot = (serving.figure(models, ("graph-ap",), lambda: seeing.graph_figure(per_class))
                       if per_class is not None else None)
-        dis_status, dis_table, images = insight.disagreement_table(models)
-        gallery, note = insight.disagreement_gallery(images)
+        dis_status, dis_table, images = seeing.disagreement_table(models)
+        gallery, note = seeing.disagreement_gallery(images)
         if note:  # words for the operator (where the images are): the log, not the public page
             log.info("disputed images: %s", note.strip())
         shown = gr.update(value=gallery, visible=True) if gallery else gr.update(value=None, visible=False)
@@ -226,7 +227,7 @@ class Handlers:
     def graph_effect(self, image: Any, session: ModelSet | None = None) -> tuple:
         """Each graph method's scores on the photo with and without its label graph, largest changes first."""
         decoded = _image(image)
-        status, table = insight.graph_effect(self.models_of(session), decoded.image)
+        status, table = seeing.graph_effect(self.models_of(session), decoded.image)
         return status, table
 
     @guarded

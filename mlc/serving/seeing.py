@@ -19,7 +19,11 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from mlc.serving import ModelSet, RequestError, display_array, md, method_colour
+from mlc.serving.errors import RequestError
+from mlc.serving.maps import display_array
+from mlc.serving.model_set import ModelSet
+from mlc.serving.predict import method_colour
+from mlc.serving.text import md
 
 SEEING_READING = (
     "Measured once on the evaluation split (nothing here is recomputed). **Pointing game**: how often the "
