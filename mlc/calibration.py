@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 __all__ = [
-    "CALIBRATION_VERSION", "Calibration", "CalibrationError", "OOD_SCORES", "calibrate", "f1_thresholds",
+    "CALIBRATION_VERSION", "Calibration", "CalibrationError", "OOD_SCORES", "calibrate", "decision_report", "f1_thresholds",
     "joint_energy_score", "majority_flag", "ood_scores", "ood_threshold",
 ]
 
@@ -233,3 +233,18 @@ def calibrate(probabilities: Any, logits: Any, targets: Any, classes: Sequence[s
         ood_threshold=ood_threshold(scores, flag_rate), ood_flag_rate=float(flag_rate),
         min_positives=int(min_positives), extra=dict(extra),
     )
+
+
+def decision_report(probabilities: Any, logits: Any, targets: Any, calibration: Calibration | None) -> dict[str, Any]:
+    """What eval.json records about decisions on an evaluation split: CF1/OF1/macro F1/exact match at
+    0.5 and, with a calibration, at its per-class thresholds, plus how often its OOD rule fires."""
+    from mlc.metrics import decision_metrics
+
+    report: dict[str, Any] = {"decision_metrics": {"0.5": decision_metrics(probabilities, targets, 0.5).to_dict()}}
+    if calibration is not None:
+        report["decision_metrics"]["tuned"] = decision_metrics(probabilities, targets, calibration.thresholds).to_dict()
+        flags = calibration.ood_flags(logits)
+        report["ood"] = {"score": calibration.ood_score, "threshold": calibration.ood_threshold,
+                         "flagged": int(flags.sum()), "num_images": int(flags.size),
+                         "flagged_fraction": float(flags.mean())}
+    return report

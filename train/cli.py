@@ -73,6 +73,10 @@ def fit(config: TrainConfig, resume: bool = False) -> dict:
         m = result["metrics"]
         print(f"{config.variant}: {config.eval_split} mAP {100 * m['map']:.2f} (VOC {100 * m['map_voc']:.2f}) "
               f"CF1 {100 * m['cf1']:.2f} OF1 {100 * m['of1']:.2f}  [{result['train_seconds'] / 60:.1f} min] -> {config.run_dir}")
+        tuned = (result.get("decision_metrics") or {}).get("tuned")
+        if tuned:
+            print(f"  at the per-class thresholds tuned on the selection split: CF1 {100 * tuned['cf1']:.2f} "
+                  f"OF1 {100 * tuned['of1']:.2f} exact match {100 * tuned['exact_match']:.2f}")
     return result
 
 
