@@ -142,6 +142,22 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
         """One paragraph for the model card: what this variant computes, with these hyper-parameters."""
         return f"**{cls.model_name}**: no description available for this variant."
 
+    @classmethod
+    def external_data(cls, config: dict[str, Any], train_config: dict[str, Any] | None = None) -> list[str]:
+        """What this saved model was built from beyond its backbone and training images, as keys of
+        ``mlc.hub.EXTERNAL_DATA`` (for the card's provenance and terms): the label word vectors
+        when the variant needs embeddings, the Visual Genome graph when it used one."""
+        sources = []
+        if cls.needs_embeddings:
+            spec = str((train_config or {}).get("embeddings") or "")
+            if spec == "glove50" or "glove.6b" in spec.lower():
+                sources.append("glove6b")
+            elif spec != "onehot":
+                sources.append("word_vectors")
+        if cls.uses_knowledge_graph and (config.get("graph") or {}).get("source") == "visual_genome":
+            sources.append("visual_genome")
+        return sources
+
     def build_graph(self, label_stats: dict | None) -> dict | None:
         """Derive the variant's graph from training-split label statistics (None if it needs none)."""
         return None
