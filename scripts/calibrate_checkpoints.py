@@ -168,10 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no checkpoint folders (*/config.json) in {root}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    models, evals, configs, before = {}, {}, {}, {}
+    models, evals, configs, before, indent = {}, {}, {}, {}, {}
     for folder in folders:
         models[folder.name] = load_model(folder).eval()
-        evals[folder.name] = json.loads((folder / "eval.json").read_text())
+        text = (folder / "eval.json").read_text()
+        evals[folder.name] = json.loads(text)
+        # rewritten with its own indentation, so its diff shows only what changed
+        second = text.splitlines()[1] if text.count("\n") else ""
+        indent[folder.name] = (len(second) - len(second.lstrip(" "))) or None
         configs[folder.name] = yaml.safe_load((folder / "training_config.yaml").read_text())
         before[folder.name] = md5(folder / "model.safetensors")
     # one split for all: the runs must share dataset, splits, fraction and seed
@@ -212,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         result.update(decision_report(probs, eval_logits[name], eval_targets, cal))
         result["calibration"] = {"computed_by": "scripts/calibrate_checkpoints.py", "selection_split": how[name],
                                  "map_recomputed": recomputed}
-        (folder / "eval.json").write_text(json.dumps(result, indent=1))
+        (folder / "eval.json").write_text(json.dumps(result, indent=indent[name]))
         after = md5(folder / "model.safetensors")
         if after != before[name]:
             raise RuntimeError(f"{folder / 'model.safetensors'} changed (md5 {before[name]} -> {after})")
