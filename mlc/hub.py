@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -29,13 +30,49 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalToken
 from mlc.models.backbones import PACKAGED_LITES
 from mlc.models.base import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
 
-__all__ = ["HubError", "model_card", "prepare_upload", "push_folder", "push_variants"]
+__all__ = ["EXTERNAL_DATA", "DATASETS", "HubError", "model_card", "model_index", "prepare_upload", "push_folder",
+           "push_variants", "upload_listing"]
 
 CARD_NAME = "README.md"
 EVAL_NAME = "eval.json"
 TRAIN_CONFIG_NAME = "training_config.yaml"
 UPLOAD_NAMES = (CONFIG_NAME, WEIGHTS_NAME, EVAL_NAME, TRAIN_CONFIG_NAME, CARD_NAME)
 TAGS = ["multi-label-image-classification", "label-graph"]
+LICENSE = "apache-2.0"  # the project's (README front matter); the data keep their own terms, stated in the card
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A dataset or resource a model was built from: its name and the terms it comes with."""
+
+    name: str
+    terms: str
+
+
+# training datasets by their `mlc.data` kind
+DATASETS: dict[str, DataSource] = {
+    "voc2007": DataSource("PASCAL VOC 2007", "images from Flickr, to be used under Flickr's terms of use; the "
+                          "annotations are the VOC challenge's (Everingham et al.), provided for research "
+                          "(http://host.robots.ox.ac.uk/pascal/VOC/voc2007/)"),
+    "voc2012": DataSource("PASCAL VOC 2012", "images from Flickr, to be used under Flickr's terms of use; the "
+                          "annotations are the VOC challenge's (Everingham et al.), provided for research "
+                          "(http://host.robots.ox.ac.uk/pascal/VOC/voc2012/)"),
+    "coco2014": DataSource("MS COCO 2014", "annotations CC BY 4.0; images from Flickr under their own licenses "
+                           "(https://cocodataset.org/#termsofuse)"),
+    "coco2017": DataSource("MS COCO 2017", "annotations CC BY 4.0; images from Flickr under their own licenses "
+                           "(https://cocodataset.org/#termsofuse)"),
+    "csv": DataSource("a CSV dataset", "the trainer's own images and labels: their terms are the trainer's to state"),
+}
+# what a variant may be built from besides the backbone and the training images
+# (keys returned by ``MultiLabelModel.external_data``)
+EXTERNAL_DATA: dict[str, DataSource] = {
+    "glove6b": DataSource("GloVe 6B word vectors (Pennington et al. 2014; Wikipedia 2014 + Gigaword 5) for the "
+                          "label embeddings", "Public Domain Dedication and License (PDDL) v1.0"),
+    "word_vectors": DataSource("word vectors from a file given at training time, for the label embeddings",
+                               "those of the word vectors' source (not recorded here)"),
+    "visual_genome": DataSource("Visual Genome relationships (Krishna et al. 2017) for the knowledge graph",
+                                "CC BY 4.0"),
+}
 _SECRET_KEY = re.compile(r"token|password|secret|api_key", re.IGNORECASE)
 
 
@@ -76,16 +113,110 @@ def _describe_variant(name: str, params: Mapping[str, Any], pooling: str) -> str
         return f"**{name}**: no description available for this variant."
 
 
-def _front_matter(variant: str, dataset: str | None) -> str:
+def _pct_value(value: Any) -> float | None:
+    """A fraction as a percentage rounded to 2 decimals (model-index values); None when undefined."""
+    if value is None or math.isnan(float(value)):
+        return None
+    return round(100.0 * float(value), 2)
+
+
+def model_index(name: str, eval_result: Mapping[str, Any] | None) -> list[dict[str, Any]] | None:
+    """The card's ``model-index`` (the Hub's results widget): mAP, CF1 and OF1 at score >= 0.5, in
+    percent, on the split eval.json names; None without metrics."""
+    metrics = (eval_result or {}).get("metrics") or {}
+    dataset = (eval_result or {}).get("dataset")
+    values = [("mAP", "mAP (non-interpolated)", metrics.get("map"), None),
+              ("cf1", "CF1 (score >= 0.5)", metrics.get("cf1"), {"threshold": 0.5}),
+              ("of1", "OF1 (score >= 0.5)", metrics.get("of1"), {"threshold": 0.5})]
+    entries = []
+    for kind, label, value, args in values:
+        if _pct_value(value) is not None:
+            entries.append({"type": kind, "name": label, "value": _pct_value(value), **({"args": args} if args else {})})
+    if not entries or not dataset:
+        return None
+    source = DATASETS.get(str(dataset))
+    return [{"name": name, "results": [{
+        "task": {"type": "image-classification", "name": "Multi-label image classification"},
+        "dataset": {"name": source.name if source else str(dataset), "type": str(dataset),
+                    "split": str(eval_result.get("split", "n/a"))},
+        "metrics": entries,
+    }]}]
+
+
+def _front_matter(variant: str, dataset: str | None, index: list[dict[str, Any]] | None = None) -> str:
     meta: dict[str, Any] = {
         "library_name": "mlc",
+        "license": LICENSE,
         "pipeline_tag": "image-classification",
         "tags": TAGS + ([variant] if variant else []),
     }
     if dataset:
         meta["datasets"] = [dataset]
     meta["metrics"] = ["mAP"]
+    if index:
+        meta["model-index"] = index
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
+
+
+def _thresholds_section(model_config: Mapping[str, Any], eval_result: Mapping[str, Any] | None) -> list[str]:
+    """The per-class thresholds and out-of-distribution rule of ``config.json``'s calibration, and
+    what they change on the eval split (eval.json's ``decision_metrics``)."""
+    lines = ["## Decision thresholds", ""]
+    cal = model_config.get("calibration")
+    if not cal:
+        return lines + ["No calibration stored: every class uses the global threshold 0.5.", ""]
+    lines += [
+        f"Per-class thresholds on the probability, each maximising F1 on the {cal.get('selection_size', 'n/a')}-image "
+        f"selection split (held out of training; never the eval split). Classes with fewer than "
+        f"{cal.get('min_positives', 'n/a')} positives there keep 0.5, and among equally good thresholds the one "
+        "nearest 0.5 is kept. Used by default; a global threshold still overrides them.",
+        "",
+        "| class | threshold | selection positives |",
+        "|---|---:|---:|",
+    ]
+    for name, t, n in zip(cal.get("classes") or [], cal.get("thresholds") or [], cal.get("positives") or []):
+        lines.append(f"| {name} | {t:.3f} | {n}{'' if n >= cal.get('min_positives', 0) else ' (kept 0.5)'} |")
+    decisions = (eval_result or {}).get("decision_metrics") or {}
+    if decisions.get("0.5") and decisions.get("tuned"):
+        lines += ["", f"On the eval split ({(eval_result or {}).get('split', 'n/a')}), percentages:", "",
+                  "| thresholds | CF1 | OF1 | macro F1 | exact match |", "|---|---:|---:|---:|---:|"]
+        for label, key in (("0.5", "0.5"), ("per-class (tuned)", "tuned")):
+            d = decisions[key]
+            lines.append(f"| {label} | {_pct(d.get('cf1'))} | {_pct(d.get('of1'))} | {_pct(d.get('macro_f1'))} "
+                         f"| {_pct(d.get('exact_match'))} |")
+    ood = (eval_result or {}).get("ood") or {}
+    rate = cal.get("ood_flag_rate")
+    lines += ["", f"Out-of-distribution rule: a photo is flagged when its `{cal.get('ood_score', 'n/a')}` score "
+              f"(minus the sum over classes of softplus(logit)) exceeds {cal.get('ood_threshold', float('nan')):.3f}, "
+              f"set so that at most {_pct(rate)}% of the selection split is flagged"
+              + (f"; it flags {_pct(ood.get('flagged_fraction'))}% of the eval split." if ood else ".")]
+    return lines + [""]
+
+
+def _provenance_section(model_config: Mapping[str, Any], eval_result: Mapping[str, Any] | None,
+                        train_config: Mapping[str, Any] | None) -> list[str]:
+    """Where the weights and data come from, with their terms; the variant says what it was built from."""
+    from mlc.models.backbones import weights_source
+    from mlc.models.registry import get_model_class
+    import mlc.models  # noqa: F401  (registers the variants)
+
+    backbone = str(model_config.get("backbone", "n/a"))
+    trained = model_config.get("backbone_trained")
+    how = {None: "kept frozen (only the head was trained)", "all": "fine-tuned as a whole"}.get(
+        trained, f"fine-tuned from block {str(trained)[4:]} up" if str(trained).startswith("top:") else "n/a")
+    dataset = _dataset_name(eval_result, train_config)
+    source = DATASETS.get(str(dataset)) if dataset else None
+    lines = ["## Where the weights and data come from", "",
+             f"- Backbone `{backbone}`: {weights_source(backbone)}; {how}.",
+             f"- Training data: {source.name + ' (' + source.terms + ')' if source else (dataset or 'not recorded')}."]
+    try:
+        external = get_model_class(str(model_config.get("model_name"))).external_data(dict(model_config), dict(train_config or {}))
+    except ValueError:
+        external = []
+    for key in external:
+        lines.append(f"- {EXTERNAL_DATA[key].name}: {EXTERNAL_DATA[key].terms}.")
+    lines += ["", f"The weights and this card are released under {LICENSE}; the data above keep their own terms."]
+    return lines + [""]
 
 
 def _data_section(model_config: Mapping[str, Any], eval_result: Mapping[str, Any] | None,
@@ -276,7 +407,7 @@ def model_card(
     classes = model_config.get("classes") or []
     title = repo_id.split("/", 1)[-1] if repo_id else f"mlc {variant}"
     lines = [
-        _front_matter(variant, _dataset_name(eval_result, train_config)),
+        _front_matter(variant, _dataset_name(eval_result, train_config), model_index(title.replace("/", "-").replace(" ", "-"), eval_result)),
         f"# {title}",
         "",
         f"A multi-label image classifier (**{variant or 'n/a'}**) over {len(classes)} labels on a "
@@ -291,8 +422,10 @@ def model_card(
         "",
         *_data_section(model_config, eval_result, split_info),
         *_metrics_section(model_config, eval_result),
+        *_thresholds_section(model_config, eval_result),
         *_graph_section(model_config),
         *_seeing_section(eval_result),
+        *_provenance_section(model_config, eval_result, train_config),
         *_training_section(train_config),
         *_usage_section(model_config, repo_id),
     ]
@@ -337,6 +470,33 @@ def prepare_upload(
         (out_dir / TRAIN_CONFIG_NAME).write_text(yaml.safe_dump(_plain(train_config), sort_keys=False))
     (out_dir / CARD_NAME).write_text(model_card(model_config, eval_result, train_config, split_info, repo_id))
     return out_dir
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB"):
+        if n < 1024 or unit == "MB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def upload_listing(folders: Mapping[str, Path], repo_id: str | None) -> str:
+    """What a push would upload, as ``push --dry-run`` prints it: every file with its path in the repo
+    and its size, and the total. ``folders``: {"" : folder} for one repo, {variant: folder} for a set
+    (whose root README.md index is listed too)."""
+    rows: list[tuple[str, int]] = []
+    if len(folders) > 1 or any(folders):
+        index = _variants_card({k: Path(v) for k, v in folders.items()}, repo_id or "user/repo")
+        rows.append((CARD_NAME, len(index.encode())))
+    for prefix, folder in folders.items():
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                name = path.relative_to(folder).as_posix()
+                rows.append((f"{prefix}/{name}" if prefix else name, path.stat().st_size))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"  {name:<{width}}  {_size(size):>9}" for name, size in rows]
+    total = sum(size for _, size in rows)
+    return "\n".join([f"{len(rows)} files, {_size(total)} in all, to {repo_id or '<no repo given>'}:", *lines])
 
 
 # -- pushing -----------------------------------------------------------------------------------

@@ -41,7 +41,9 @@ __all__ = [
     "average_precision",
     "bootstrap_counts",
     "bootstrap_versus_reference",
+    "DecisionMetrics",
     "classes_without_positives",
+    "decision_metrics",
     "evaluate",
     "mean_average_precision",
     "paired_bootstrap",
@@ -195,8 +197,10 @@ def _f1(p: float, r: float) -> float:
     return 2.0 * p * r / (p + r) if p + r > 0 else 0.0
 
 
-def _threshold_metrics(s: np.ndarray, t: np.ndarray, threshold: float, top_k: int | None) -> dict[str, float]:
-    predicted = s >= np.float64(threshold)  # compare in float64 even for float32 scores
+def _threshold_metrics(s: np.ndarray, t: np.ndarray, threshold: float | np.ndarray,
+                       top_k: int | None) -> dict[str, float]:
+    # compare in float64 even for float32 scores; a (C,) threshold is one per class
+    predicted = s >= np.asarray(threshold, dtype=np.float64)
     if top_k is not None and top_k < s.shape[1]:
         # Exactly k per image, like torch.topk in ML-GCN; a tie at the k-th score goes to the lower
         # class index. k argmax passes are much cheaper than sorting every row for small k.
@@ -215,12 +219,15 @@ def _threshold_metrics(s: np.ndarray, t: np.ndarray, threshold: float, top_k: in
     n_correct = (predicted & positive).sum(axis=0)
     n_gt = positive.sum(axis=0)
 
+    exact = float(np.mean(((predicted == positive) | ~valid).all(axis=1)))
+    f1_per_class = 2.0 * n_correct / np.maximum(n_pred + n_gt, 1)
     cp = float(np.mean(n_correct / np.maximum(n_pred, 1)))
     has_gt = n_gt > 0
     cr = float(np.mean(n_correct[has_gt] / n_gt[has_gt])) if has_gt.any() else 0.0
     op = float(n_correct.sum() / max(int(n_pred.sum()), 1))
     or_ = float(n_correct.sum() / max(int(n_gt.sum()), 1))
-    return {"CP": cp, "CR": cr, "CF1": _f1(cp, cr), "OP": op, "OR": or_, "OF1": _f1(op, or_)}
+    return {"CP": cp, "CR": cr, "CF1": _f1(cp, cr), "OP": op, "OR": or_, "OF1": _f1(op, or_),
+            "macro_F1": float(f1_per_class.mean()), "exact_match": exact}
 
 
 def threshold_metrics(
@@ -240,7 +247,51 @@ def threshold_metrics(
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer or None; got {top_k!r}")
     s, t = _validate(scores, targets)
-    return _threshold_metrics(s, t, float(threshold), None if top_k is None else int(top_k))
+    out = _threshold_metrics(s, t, float(threshold), None if top_k is None else int(top_k))
+    return {k: out[k] for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")}
+
+
+@dataclass
+class DecisionMetrics:
+    """What the labels a model outputs are worth, under one decision rule (global or per-class
+    thresholds), as fractions in [0, 1].
+
+    ``cf1`` is ML-GCN's CF1 (the F1 of the class-averaged precision and recall), comparable with the
+    papers; ``macro_f1`` the mean of per-class F1s (scikit-learn's ``f1_score(average="macro")``);
+    ``of1`` pooled over all image-label pairs (``average="micro"``); ``exact_match`` the share of
+    images whose whole label set is right (subset accuracy, ``accuracy_score``).
+    """
+
+    thresholds: str  # "0.5" or "per-class"
+    cp: float
+    cr: float
+    cf1: float
+    op: float
+    or_: float
+    of1: float
+    macro_f1: float
+    exact_match: float
+    num_images: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decision_metrics(scores: Any, targets: Any, thresholds: float | Sequence[float] = 0.5) -> DecisionMetrics:
+    """CP/CR/CF1, OP/OR/OF1, macro F1 and exact match of ``score >= threshold`` (a float, or one
+    threshold per class). Zero divisions count as 0 (scikit-learn's ``zero_division=0``); targets
+    -1 are ignored (an image with only ignored entries wrong still matches exactly)."""
+    s, t = _validate(scores, targets)
+    th = np.asarray(thresholds, dtype=np.float64)
+    if th.ndim > 1 or (th.ndim == 1 and th.shape[0] != s.shape[1]):
+        raise ValueError(f"thresholds must be one number or one per class ({s.shape[1]}); got shape {th.shape}")
+    if np.isnan(th).any():
+        raise ValueError("thresholds contain NaN")
+    m = _threshold_metrics(s, t, th, None)
+    label = f"{float(th):g}" if th.ndim == 0 else "per-class"
+    return DecisionMetrics(thresholds=label, cp=m["CP"], cr=m["CR"], cf1=m["CF1"], op=m["OP"], or_=m["OR"],
+                           of1=m["OF1"], macro_f1=m["macro_F1"], exact_match=m["exact_match"],
+                           num_images=int(s.shape[0]))
 
 
 @dataclass

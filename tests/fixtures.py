@@ -35,6 +35,7 @@ __all__ = [
     "make_coco",
     "make_csv",
     "make_voc",
+    "synthetic_textures",
     "write_image",
     "write_voc_xml",
 ]
@@ -322,3 +323,23 @@ def make_csv(
     csv_file = root / f"{split}.csv"
     csv_file.write_text("\n".join(lines) + "\n")
     return csv_file
+
+
+def synthetic_textures(size: int = 256, seed: int = 0) -> dict[str, np.ndarray]:
+    """Non-photos no VOC class looks like (uint8 RGB, size x size), for out-of-distribution checks:
+    colour noise, a checkerboard, diagonal stripes, a smooth colour gradient and blurred blobs
+    ("plasma"). Deterministic for a given seed."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    noise = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    checker = ((np.floor(x * 8) + np.floor(y * 8)) % 2)[..., None] * np.array([230, 40, 40]) + 15
+    stripes = (np.sin((x + y) * 40) > 0)[..., None] * np.array([20, 200, 220]) + 20
+    gradient = np.stack([x, y, 1 - x], axis=-1) * 255
+    blobs = rng.normal(size=(size // 16, size // 16, 3))
+    plasma = np.kron(blobs, np.ones((16, 16, 1)))
+    for _ in range(3):  # box blur, rolled: smooth and seamless
+        plasma = sum(np.roll(plasma, (dy, dx), axis=(0, 1)) for dy in (-8, 0, 8) for dx in (-8, 0, 8)) / 9
+    plasma = (plasma - plasma.min()) / (np.ptp(plasma) + 1e-9) * 255
+    return {name: np.clip(a, 0, 255).astype(np.uint8) for name, a in
+            (("noise", noise), ("checkerboard", checker), ("stripes", stripes), ("gradient", gradient),
+             ("plasma", plasma))}

@@ -234,3 +234,121 @@ def test_variant_subfolder_loads_from_the_hub_cache(saved, tmp_path):
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), model(images), rtol=0, atol=0)
+
+
+# -- model-index, license, provenance, thresholds, dry-run listing (issue 19 item 9) --------------
+def _calibrated(folder, model):
+    from mlc.calibration import calibrate
+    from mlc.models.base import write_calibration
+
+    rng = np.random.default_rng(2)
+    targets = (rng.random((80, len(model.classes))) < 0.4).astype(np.int8)
+    logits = rng.normal(size=targets.shape) + 2 * targets
+    cal = calibrate(1 / (1 + np.exp(-logits)), logits, targets, model.classes)
+    write_calibration(folder, cal)
+    return cal
+
+
+def test_front_matter_has_license_and_model_index_with_eval_json_numbers(saved, eval_result):
+    folder, _ = saved
+    config = json.loads((folder / "config.json").read_text())
+    meta = _front_matter(model_card(config, eval_result, TRAIN_CONFIG, SPLIT_INFO, REPO))
+    assert meta["license"] == "apache-2.0"
+    (entry,) = meta["model-index"]
+    assert entry["name"] == "mlgcn-voc"
+    (result,) = entry["results"]
+    assert result["task"]["type"] == "image-classification"
+    assert result["dataset"] == {"name": "PASCAL VOC 2007", "type": "voc2007", "split": "val"}
+    m = eval_result["metrics"]
+    values = {x["type"]: x["value"] for x in result["metrics"]}
+    assert values == {"mAP": round(100 * m["map"], 2), "cf1": round(100 * m["cf1"], 2), "of1": round(100 * m["of1"], 2)}
+    assert all(x.get("args", {"threshold": 0.5}) == {"threshold": 0.5} for x in result["metrics"])
+    # without metrics there is no model-index (and the YAML still parses)
+    assert "model-index" not in _front_matter(model_card(config, None, None, None, None))
+
+
+def test_card_shows_the_per_class_thresholds_and_what_they_change(saved, eval_result):
+    from mlc.calibration import decision_report
+    from mlc.models.base import read_calibration
+
+    folder, model = saved
+    cal = _calibrated(folder, model)
+    config = json.loads((folder / "config.json").read_text())
+    assert read_calibration(config) == cal
+    rng = np.random.default_rng(5)
+    targets = (rng.random((40, 5)) < 0.4).astype(np.int8)
+    logits = rng.normal(size=(40, 5))
+    result = {**eval_result, **decision_report(1 / (1 + np.exp(-logits)), logits, targets, cal)}
+    card = model_card(config, result, TRAIN_CONFIG, SPLIT_INFO, REPO)
+    section = card.split("## Decision thresholds", 1)[1].split("\n## ", 1)[0]
+    for name, t, n in zip(cal.classes, cal.thresholds, cal.positives):
+        assert f"| {name} | {t:.3f} | {n}" in section
+    d = result["decision_metrics"]
+    for label, key in (("0.5", "0.5"), ("per-class (tuned)", "tuned")):
+        cells = " | ".join(f"{100 * d[key][k]:.1f}" for k in ("cf1", "of1", "macro_f1", "exact_match"))
+        assert f"| {label} | {cells} |" in section
+    assert f"{cal.ood_threshold:.3f}" in section and "at most 5.0% of the selection split" in section
+    # an old checkpoint (no calibration) says so
+    del config["calibration"]
+    assert "No calibration stored" in model_card(config, eval_result, TRAIN_CONFIG, SPLIT_INFO, REPO)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_provenance_names_what_the_variant_was_built_from(name, tiny_setup):
+    model = tiny_model(name, tiny_setup)
+    config = json.loads(json.dumps(model.get_config()))
+    card = model_card(config, {"dataset": "voc2007", "split": "val"}, {"embeddings": "glove50"}, None, None)
+    section = card.split("## Where the weights and data come from", 1)[1].split("\n## ", 1)[0]
+    assert "Backbone `tiny`" in section and "PASCAL VOC 2007" in section and "Flickr" in section
+    assert ("GloVe 6B" in section and "PDDL" in section) == model.needs_embeddings
+    assert "Visual Genome" not in section  # the tiny ggnn's graph is the label co-occurrence
+    onehot = model_card(config, None, {"embeddings": "onehot"}, None, None)
+    assert "GloVe" not in onehot.split("## Where the weights and data come from", 1)[1].split("\n## ", 1)[0]
+
+
+def test_provenance_names_visual_genome_when_the_graph_came_from_it(tiny_setup):
+    config = json.loads(json.dumps(tiny_model("ggnn", tiny_setup).get_config()))
+    config["graph"]["source"] = "visual_genome"
+    card = model_card(config, None, None, None, None)
+    assert "Visual Genome relationships" in card and "CC BY 4.0" in card
+
+
+def _fake_run(folder, eval_result, model, run):
+    run.mkdir(parents=True)
+    shutil.copytree(folder, run / "model")
+    (run / "eval.json").write_text(json.dumps(eval_result))
+    (run / "config.yaml").write_text(yaml.safe_dump({"variant": model.model_name, "embeddings": "glove50"}))
+    (run / "split.json").write_text(json.dumps({**SPLIT_INFO, "selection_ids": ["a", "b"]}))
+    return run
+
+
+def _listed(out: str) -> dict[str, str]:
+    return dict(re.findall(r"^  (\S+)\s+(\d+ B|[\d.]+ [KMG]B)$", out, re.M))
+
+
+def test_push_dry_run_lists_every_file_with_its_size_and_prints_the_card(saved, eval_result, tmp_path, capsys):
+    from train.cli import main
+
+    folder, model = saved
+    _calibrated(folder, model)
+    run = _fake_run(folder, eval_result, model, tmp_path / "runs" / "g" / "mlgcn")
+    assert main(["push", str(run), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    staged = run / "hub_upload"
+    files = {p.name: p.stat().st_size for p in staged.iterdir()}
+    listed = _listed(out)
+    assert set(listed) == set(files) == {"config.json", "model.safetensors", "eval.json", "training_config.yaml", "README.md"}
+    for name, size in files.items():
+        assert listed[name] == (f"{size} B" if size < 1024 else f"{size / 1024:.1f} KB" if size < 1024 ** 2
+                                else f"{size / 1024 ** 2:.1f} MB")
+    assert f"{len(files)} files" in out
+    assert (staged / "README.md").read_text() in out  # the whole card
+    _front_matter((staged / "README.md").read_text())  # its YAML parses
+
+    # a group: every variant's files under its subfolder, and the root index
+    _fake_run(folder, {**eval_result, "model_name": "baseline"}, model, tmp_path / "runs" / "g" / "other")
+    assert main(["push", str(tmp_path / "runs" / "g"), "--repo", "someone/set", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    listed = _listed(out)
+    assert "README.md" in listed and {"mlgcn/model.safetensors", "other/model.safetensors", "other/README.md"} <= set(listed)
+    assert "to someone/set" in out and out.count("## Decision thresholds") == 2

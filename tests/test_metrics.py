@@ -388,3 +388,40 @@ def test_seed_summary() -> None:
     mean, std, n = seed_summary([0.7])
     assert (mean, n) == (0.7, 1) and math.isnan(std)
     assert seed_summary([])[2] == 0
+
+
+# -- decision metrics (global or per-class thresholds) --------------------------------------
+@pytest.mark.parametrize("seed", range(4))
+def test_decision_metrics_match_sklearn(seed):
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+    from mlc.metrics import decision_metrics
+
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((120, 7)) < 0.3).astype(np.int8)
+    scores = np.clip(0.4 * targets + rng.random((120, 7)) * 0.7, 0, 1)
+    scores[:, 6] = 0.0  # a class never predicted
+    for thresholds in (0.5, rng.uniform(0.2, 0.8, 7)):
+        pred = (scores >= np.asarray(thresholds)).astype(int)
+        d = decision_metrics(scores, targets, thresholds)
+        assert d.of1 == pytest.approx(f1_score(targets, pred, average="micro", zero_division=0))
+        assert d.macro_f1 == pytest.approx(f1_score(targets, pred, average="macro", zero_division=0))
+        assert d.exact_match == pytest.approx(accuracy_score(targets, pred))
+        cp = precision_score(targets, pred, average="macro", zero_division=0)
+        cr = recall_score(targets, pred, average="macro", zero_division=0)
+        assert (d.cp, d.cr) == (pytest.approx(cp), pytest.approx(cr))
+        assert d.cf1 == pytest.approx(2 * cp * cr / (cp + cr))  # ML-GCN's CF1: F1 of the averages
+        assert d.thresholds == ("0.5" if np.ndim(thresholds) == 0 else "per-class") and d.num_images == 120
+
+
+def test_decision_metrics_by_hand_and_bad_thresholds():
+    from mlc.metrics import decision_metrics
+
+    scores = np.array([[0.9, 0.2], [0.4, 0.6], [0.3, 0.1]])
+    targets = np.array([[1, 0], [1, 1], [0, -1]])
+    # at 0.5: rows right: 1 (yes), 2 (class 0 missed), 3 (yes; the ignored entry does not count)
+    assert decision_metrics(scores, targets).exact_match == pytest.approx(2 / 3)
+    # per class 0.35 / 0.5: all three rows right
+    assert decision_metrics(scores, targets, [0.35, 0.5]).exact_match == 1.0
+    with pytest.raises(ValueError, match="one per class"):
+        decision_metrics(scores, targets, [0.5, 0.5, 0.5])

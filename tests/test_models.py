@@ -109,3 +109,50 @@ def test_ssgrl_has_the_same_dropout_option_as_the_other_heads(tiny_setup):
     a = model.forward_head(features).logits
     torch.manual_seed(1)
     assert not torch.allclose(a, model.forward_head(features).logits)
+
+
+def _tiny_calibration(classes):
+    import numpy as np
+
+    from mlc.calibration import calibrate
+
+    rng = np.random.default_rng(0)
+    targets = (rng.random((100, len(classes))) < 0.3).astype(np.int8)
+    logits = rng.normal(size=targets.shape) + 3 * targets
+    return calibrate(1 / (1 + np.exp(-logits)), logits, targets, classes)
+
+
+def test_calibration_is_saved_loaded_and_absent_in_old_checkpoints(tiny_setup, tmp_path):
+    import hashlib
+
+    from mlc.models.base import write_calibration
+
+    model = tiny_model("baseline", tiny_setup)
+    assert model.calibration is None
+    model.calibration = _tiny_calibration(model.classes)
+    model.save(tmp_path / "m")
+    assert load_model(tmp_path / "m").calibration == model.calibration
+    # an old checkpoint: config.json without the key loads with calibration None
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["calibration"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    assert load_model(tmp_path / "m").calibration is None
+    # adding one later rewrites config.json only
+    weights = tmp_path / "m" / "model.safetensors"
+    before = hashlib.md5(weights.read_bytes()).hexdigest()
+    write_calibration(tmp_path / "m", model.calibration)
+    assert hashlib.md5(weights.read_bytes()).hexdigest() == before
+    assert load_model(tmp_path / "m").calibration == model.calibration
+
+
+def test_unusable_calibration_is_a_checkpoint_error(tiny_setup, tmp_path):
+    model = tiny_model("baseline", tiny_setup)
+    model.save(tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    config = json.loads(path.read_text())
+    good = _tiny_calibration(model.classes).to_dict()
+    for bad, message in (({**good, "version": 7}, "version 7"),
+                         ({**good, "classes": list("abcde")}, "other classes")):
+        path.write_text(json.dumps({**config, "calibration": bad}))
+        with pytest.raises(CheckpointError, match=message):
+            load_model(tmp_path / "m")

