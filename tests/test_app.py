@@ -676,3 +676,33 @@ def test_maps_of_one_kind_share_a_scale_and_unpredicted_ones_are_marked(tmp_path
     assert "not predicted" in cc and "not predicted" not in ca
     assert c.mean() > a.mean()  # dimmed
     assert "empty" in cd and cd.startswith("ggnn - Grad-CAM")
+
+
+def test_per_class_thresholds_by_default_the_slider_as_override_and_the_out_of_class_notice(tmp_path, tiny_setup):
+    from conftest import tiny_model
+
+    from mlc.calibration import Calibration
+    from mlc.serving import ModelSet
+    from mlc.serving.handlers import Handlers
+
+    photo = str(write_photo(tmp_path / "p.jpg"))
+    models = {name: tiny_model(name, tiny_setup) for name in ("baseline", "mlgcn", "gcam")}
+    classes = tiny_setup["classes"]
+    handlers = Handlers(ModelSet.from_models(models))
+    _, table, _, at_half, _ = handlers.predict(photo, 0.5, 20)  # before calibration: 0.5 for every class
+    probs = {row["class"]: row for row in table.to_dict("records")}
+    for name, model in models.items():  # thresholds just under / over each class's score: known labels
+        thresholds = [max(0.0, probs[c][name] - 0.01) if k % 2 == 0 else min(1.0, probs[c][name] + 0.01)
+                      for k, c in enumerate(classes)]
+        model.calibration = Calibration(classes, thresholds, [20] * len(classes), 100, "joint_energy",
+                                        ood_threshold=1e9 if name == "baseline" else -1e9)
+    status, _, chart, labels, grid = handlers.predict(photo, None, 20)  # no threshold: per-class
+    expected = [c for k, c in enumerate(classes) if k % 2 == 0]
+    assert all(sorted(labels[n]) == sorted(expected) for n in models), labels
+    assert "per-class threshold" in grid and "per-class thresholds" in chart
+    assert "looks unlike what the models were trained on** (2 of 3 methods" in status  # mlgcn, gcam flag it
+    _, _, _, global_labels, _ = handlers.predict(photo, 0.5, 20, "global")  # the slider overrides
+    assert global_labels == at_half
+    assert handlers.predict(photo, 0.5, 20, "per-class")[3] == labels
+    with pytest.raises(Exception, match="thresholds must be 'per-class' or 'global'"):
+        handlers.predict(photo, 0.5, 20, "sometimes")
