@@ -8,8 +8,10 @@
 - ``localization``: for every positive (image, class) pair with a box of the class, the pointing
   game and box energy (``mlc.localization``) of the method's map and, beside it, of a ``random`` and
   a ``centre`` map: ``{"tolerance", "method" | "random" | "centre": LocalizationTally.summary()}``;
+  maps are scored as shown (``mlc.explain.positive_evidence``), an empty map as a miss (its count
+  in ``empty_pairs``);
   ``{"skipped": reason}`` when the dataset has no boxes.
-- ``flip``: the map of the image against the map of its mirror image flipped back
+- ``flip``: the raw (signed) map of the image against the map of its mirror image flipped back
   (``mlc.explain.flip_consistency``), at ``input_size``: ``cosine`` (mean over positive pairs whose
   two maps are not both empty; 1 = the map mirrors perfectly), ``la`` (G-CAM's flip term L_A: the
   squared difference averaged over positions, classes and images, in the map's own units: logits per
@@ -37,7 +39,7 @@ import torch
 from PIL import Image
 
 from mlc.data.base import MultiLabelDataset
-from mlc.explain import flip_consistency, rescale, scale_consistency
+from mlc.explain import flip_consistency, positive_evidence, rescale, scale_consistency
 from mlc.localization import POINTING_TOLERANCE, LocalizationTally, centre_map, random_map, score_map
 from mlc.metrics import evaluate, nanmean
 
@@ -116,7 +118,7 @@ def diagnose(
             cos[pair.empty.cpu()] = float("nan")  # no cosine for an empty map
             pairs_of[name][0].append(pair.squared_error.float().cpu())
             pairs_of[name][1].append(cos)
-        maps = maps.float().cpu().numpy()
+        maps = positive_evidence(maps).float().cpu().numpy()  # scored as shown: the positive evidence
         map_size = list(maps.shape[-2:])
         if centre is None:
             centre = centre_map(maps.shape[-2:])
@@ -132,7 +134,7 @@ def diagnose(
                     continue
                 for source, cam in (("method", maps[b, c]), ("random", random_map(maps.shape[-2:], rng)),
                                     ("centre", centre)):
-                    tally.add(source, int(c), *score_map(cam, annotation, int(c), size, tolerance))
+                    tally.add_score(source, int(c), score_map(cam, annotation, int(c), size, tolerance))
         start += images.shape[0]
 
     positive = targets == 1

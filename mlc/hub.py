@@ -206,12 +206,15 @@ def _seeing_section(eval_result: Mapping[str, Any] | None) -> list[str]:
 
     lines = ["## What the model sees", "",
              f"Measured on the evaluation split with the model's own maps ({d.get('map', 'n/a')}, "
-             f"{d.get('input_size', 'n/a')} px input):", ""]
+             f"{d.get('input_size', 'n/a')} px input), scored as shown: the positive evidence (ReLU; a map "
+             "with no positive cell is empty):", ""]
     loc = d.get("localization") or {}
     if "method" in loc:
         lines.append(f"- pointing game (map maximum on a box of the class, mean over classes): "
                      f"{pct(loc['method'].get('pointing'))}; a random map {pct(loc['random'].get('pointing'))}, "
-                     f"a centre map {pct(loc['centre'].get('pointing'))}")
+                     f"a centre map {pct(loc['centre'].get('pointing'))}"
+                     + (f" ({loc['method']['empty_pairs']} of {loc['method'].get('pairs')} maps empty, counted as misses)"
+                        if loc["method"].get("empty_pairs") else ""))
         lines.append(f"- box energy (share of the map inside the class's boxes): {pct(loc['method'].get('energy'))}; "
                      f"random {pct(loc['random'].get('energy'))}, centre {pct(loc['centre'].get('energy'))}")
     flip = d.get("flip") or {}

@@ -11,6 +11,12 @@ the boxes of that class:
 - **box energy** (the "energy-based pointing game" of Score-CAM): the share of the map's positive
   part that falls inside the union of the class's boxes. A map without positive part has none (nan).
 
+Maps are scored as a visitor is shown them: the positive evidence (``mlc.explain.positive_evidence``).
+A map with no positive cell is **empty** (e.g. the CAM of a class the image gives no evidence for):
+it has nothing to point with, so the pointing game counts it as a **miss** rather than scoring
+the least negative cell, and the tally reports how many pairs were empty (``empty_pairs``);
+its box energy is undefined (nan), as before.
+
 Two maps that know nothing give the scale: a **random** map (uniform noise on the feature grid,
 seeded) and a **centre** map (a Gaussian at the image centre, sigma a quarter of each side, the
 photographer's prior). A method's figure means something only against these.
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -87,12 +94,24 @@ def random_map(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     return rng.random(shape, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class MapScore:
+    """One map scored against the boxes of its class: an empty map is a miss without energy."""
+
+    hit: bool
+    energy: float
+    empty: bool = False
+
+
 def score_map(cam: np.ndarray, annotation: BoxAnnotation, class_index: int, size: tuple[int, int],
-              tolerance: float = POINTING_TOLERANCE) -> tuple[bool, float]:
-    """(pointing hit, box energy) of one feature-resolution map for one class of an image of ``size``."""
+              tolerance: float = POINTING_TOLERANCE) -> MapScore:
+    """Pointing hit and box energy of one feature-resolution map for one class of an image of ``size``."""
+    cam = np.asarray(cam, dtype=np.float32)
+    if not (cam > 0).any():  # no positive evidence: nothing to point with
+        return MapScore(hit=False, energy=float("nan"), empty=True)
     heat = map_to_image(cam, size)
     boxes = boxes_on_image(annotation, class_index, size)
-    return pointing_hit(heat, boxes, tolerance * max(size)), box_energy(heat, box_mask(boxes, size))
+    return MapScore(pointing_hit(heat, boxes, tolerance * max(size)), box_energy(heat, box_mask(boxes, size)))
 
 
 class LocalizationTally:
@@ -102,14 +121,20 @@ class LocalizationTally:
         self.num_classes = num_classes
         self.hits: dict[str, list[list[bool]]] = {}
         self.energy: dict[str, list[list[float]]] = {}
+        self.empty: dict[str, int] = {}
 
-    def add(self, source: str, class_index: int, hit: bool, energy: float) -> None:
+    def add(self, source: str, class_index: int, hit: bool, energy: float, empty: bool = False) -> None:
         self.hits.setdefault(source, [[] for _ in range(self.num_classes)])[class_index].append(bool(hit))
         self.energy.setdefault(source, [[] for _ in range(self.num_classes)])[class_index].append(float(energy))
+        self.empty[source] = self.empty.get(source, 0) + bool(empty)
+
+    def add_score(self, source: str, class_index: int, score: MapScore) -> None:
+        self.add(source, class_index, score.hit, score.energy, score.empty)
 
     def summary(self, source: str) -> dict:
         """Pointing accuracy and mean box energy per class (null without pairs), their mean over
-        classes (as Zhang et al. report) and over all pairs, and the pair counts."""
+        classes (as Zhang et al. report) and over all pairs, and the pair counts (``empty_pairs``:
+        maps without positive evidence, counted as misses)."""
         hits, energy = self.hits.get(source), self.energy.get(source)
         if hits is None:
             return {}
@@ -124,6 +149,7 @@ class LocalizationTally:
             "energy_all_pairs": _mean(flat_energy),
             "pairs": len(flat_hits),
             "pairs_without_energy": sum(1 for e in energy for x in e if math.isnan(x)),
+            "empty_pairs": self.empty.get(source, 0),
             "per_class": {"pointing": pointing, "energy": energies, "pairs": [len(h) for h in hits]},
         }
 

@@ -80,9 +80,9 @@ def test_a_map_built_from_a_box_comes_back_onto_the_box_of_a_non_square_image():
     inside = heat >= 0.5
     iou = (inside & mask).sum() / (inside | mask).sum()
     assert iou > 0.95
-    assert score_map(cam, BoxAnnotation((box,), (height, width)), 0, (height, width), tolerance=0.0)[0] is True
-    hit, energy = score_map(cam, BoxAnnotation((box,)), 0, (height, width), tolerance=0.0)
-    assert hit and energy > 0.8
+    assert score_map(cam, BoxAnnotation((box,), (height, width)), 0, (height, width), tolerance=0.0).hit is True
+    score = score_map(cam, BoxAnnotation((box,)), 0, (height, width), tolerance=0.0)
+    assert score.hit and score.energy > 0.8 and not score.empty
     # a mapping that kept the map square (aspect ratio of the input, not of the image) misses the box
     square = map_to_image(cam, (width, width))[:height] >= 0.5
     assert (square & mask).sum() / (square | mask).sum() < 0.5
@@ -118,3 +118,20 @@ def test_tally_gives_per_class_and_mean_over_classes():
     assert s["energy"] == pytest.approx(0.35)
     assert s["pairs"] == 4 and s["pairs_without_energy"] == 1
     assert tally.summary("random") == {}
+
+
+def test_a_map_without_positive_evidence_is_an_empty_miss():
+    """Its least negative cell is no evidence: a miss, counted as empty (it scored a hit before)."""
+    box = ObjectBox(0, 0, 0, 20, 20)
+    cam = -np.ones((7, 7), np.float32)
+    cam[0, 0] = -0.5  # the least negative cell lies on the box
+    score = score_map(cam, BoxAnnotation((box,), (224, 224)), 0, (224, 224))
+    assert score.empty and score.hit is False and math.isnan(score.energy)
+    cam[0, 0] = 0.5
+    score = score_map(cam, BoxAnnotation((box,), (224, 224)), 0, (224, 224))
+    assert score.hit and not score.empty
+    tally = LocalizationTally(1)
+    tally.add_score("method", 0, score_map(-np.ones((7, 7), np.float32), BoxAnnotation((box,)), 0, (224, 224)))
+    tally.add_score("method", 0, score)
+    s = tally.summary("method")
+    assert s["empty_pairs"] == 1 and s["pairs"] == 2 and s["pointing"] == 0.5

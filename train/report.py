@@ -400,7 +400,8 @@ def seeing_section(analysis: dict[str, Any], classes: list[str]) -> list[str]:
         first = diag[names[0]]
         lines += ["## What the models see", "",
                   f"First seed of each variant, on the {first.get('num_images', '?')} evaluation images. Each method's own "
-                  "map (CAM, Grad-CAM or attention), brought onto the image as the app draws it. **Pointing game**: "
+                  "map (CAM, Grad-CAM or attention) as the app shows it: its positive evidence (ReLU), brought onto the "
+                  "image. A map with no positive cell is empty and counts as a miss. **Pointing game**: "
                   "share of positive (image, class) pairs whose map maximum lies within "
                   f"{100 * ref.get('tolerance', 0):.0f}% of the image's longer side of a box of the class (mean over "
                   "classes, Zhang et al. 2016); **box energy**: share of the map's positive part inside the class's "
