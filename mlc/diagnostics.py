@@ -94,6 +94,7 @@ def diagnose(
     targets = dataset.labels
     boxes = dataset.has_boxes
     rng = np.random.default_rng(seed)
+    ties = np.random.default_rng([seed, 1])  # among tied peak cells; apart from ``rng``'s random maps
     tally = LocalizationTally(model.num_classes)
     logits_all, identity_all = [], []
     pairs_of = {"flip": ([], []), "scale": ([], [])}  # per transform: squared errors, cosines
@@ -134,7 +135,7 @@ def diagnose(
                     continue
                 for source, cam in (("method", maps[b, c]), ("random", random_map(maps.shape[-2:], rng)),
                                     ("centre", centre)):
-                    tally.add_score(source, int(c), score_map(cam, annotation, int(c), size, tolerance))
+                    tally.add_score(source, int(c), score_map(cam, annotation, int(c), size, tolerance, ties))
         start += images.shape[0]
 
     positive = targets == 1

@@ -5,7 +5,9 @@ image with ``mlc.explain.map_to_image`` (the function the app's overlays use) an
 the boxes of that class:
 
 - **pointing game** (Zhang et al. 2016, "Top-down neural attention by excitation backprop"): a
-  hit when the map's maximum lies within ``tolerance`` pixels of a box of the class. Zhang et al.
+  hit when the map's maximum lies within ``tolerance`` pixels of a box of the class. The maximum is
+  the centre of the highest cell of the map's own grid (``peak``: no side favoured, ties drawn
+  at random with a seed). Zhang et al.
   allow 15 px on VOC's ~500 px images; here the tolerance is a share of the image's longer side
   (``POINTING_TOLERANCE`` = 3%, 15 px at 500 px), so it means the same at any resolution.
 - **box energy** (the "energy-based pointing game" of Score-CAM): the share of the map's positive
@@ -57,15 +59,30 @@ def box_mask(boxes: Sequence[ObjectBox], size: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def peak(heat: np.ndarray) -> tuple[float, float]:
-    """(x, y) pixel-centre coordinates of the map's maximum (the first one on ties)."""
-    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    return x + 0.5, y + 0.5
+def peak(cam: np.ndarray, size: tuple[int, int] | None = None,
+         rng: np.random.Generator | None = None) -> tuple[float, float]:
+    """(x, y) image pixels of the centre of the map's highest cell, for an image of ``size`` =
+    (height, width) (default: the map's own grid, one cell a pixel).
+
+    Taken on the map's own grid, not on its upsampled copy: upsampling clamps at the edges, so a
+    border cell's plateau runs to the image edge and a first-argmax peak landed on the top or left
+    edge but never on the bottom or right one. The cell centre favours no side; tied cells are
+    drawn at random (``rng``, seeded; default seed 0), so no position wins ties by its index.
+    """
+    cam = np.asarray(cam)
+    h, w = cam.shape
+    height, width = (h, w) if size is None else (int(size[0]), int(size[1]))
+    flat = cam.ravel()
+    top = np.flatnonzero(flat == flat.max())
+    k = int(top[0]) if len(top) == 1 else int((rng or np.random.default_rng(0)).choice(top))
+    y, x = divmod(k, w)
+    return (x + 0.5) * width / w, (y + 0.5) * height / h
 
 
-def pointing_hit(heat: np.ndarray, boxes: Sequence[ObjectBox], tolerance: float) -> bool:
-    """Whether the maximum of an image-sized map is within ``tolerance`` px (Euclidean) of a box."""
-    x, y = peak(heat)
+def pointing_hit(cam: np.ndarray, boxes: Sequence[ObjectBox], tolerance: float, size: tuple[int, int] | None = None,
+                 rng: np.random.Generator | None = None) -> bool:
+    """Whether the map's peak (``peak``) on an image of ``size`` is within ``tolerance`` px (Euclidean) of a box."""
+    x, y = peak(cam, size, rng)
     for b in boxes:
         dx = max(b.x0 - x, 0.0, x - b.x1)
         dy = max(b.y0 - y, 0.0, y - b.y1)
@@ -104,14 +121,16 @@ class MapScore:
 
 
 def score_map(cam: np.ndarray, annotation: BoxAnnotation, class_index: int, size: tuple[int, int],
-              tolerance: float = POINTING_TOLERANCE) -> MapScore:
-    """Pointing hit and box energy of one feature-resolution map for one class of an image of ``size``."""
+              tolerance: float = POINTING_TOLERANCE, rng: np.random.Generator | None = None) -> MapScore:
+    """Pointing hit and box energy of one feature-resolution map for one class of an image of ``size``
+    (``rng`` draws among tied peak cells)."""
     cam = np.asarray(cam, dtype=np.float32)
     if not (cam > 0).any():  # no positive evidence: nothing to point with
         return MapScore(hit=False, energy=float("nan"), empty=True)
     heat = map_to_image(cam, size)
     boxes = boxes_on_image(annotation, class_index, size)
-    return MapScore(pointing_hit(heat, boxes, tolerance * max(size)), box_energy(heat, box_mask(boxes, size)))
+    hit = pointing_hit(cam, boxes, tolerance * max(size), size, rng)
+    return MapScore(hit, box_energy(heat, box_mask(boxes, size)))
 
 
 class LocalizationTally:

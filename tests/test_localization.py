@@ -135,3 +135,39 @@ def test_a_map_without_positive_evidence_is_an_empty_miss():
     tally.add_score("method", 0, score)
     s = tally.summary("method")
     assert s["empty_pairs"] == 1 and s["pairs"] == 2 and s["pointing"] == 0.5
+
+
+def _corner_box(cell: tuple[int, int], size: tuple[int, int], grid: int = 7) -> ObjectBox:
+    """A small box around the centre of one grid cell of an image of ``size``."""
+    cy, cx = (cell[0] + 0.5) * size[0] / grid, (cell[1] + 0.5) * size[1] / grid
+    return ObjectBox(0, cx - 3, cy - 3, cx + 3, cy + 3)
+
+
+@pytest.mark.parametrize("cell", [(0, 0), (6, 6), (0, 6), (6, 0)])
+def test_a_peak_in_a_corner_cell_points_at_that_cell_whatever_the_corner(cell):
+    """The pointing game's peak was taken on the edge-clamped upsampled map with the first argmax:
+    a top-left peak cell landed on the image corner (a miss here), a bottom-right one on its centre."""
+    size = (224, 224)
+    cam = np.full((7, 7), 0.5, np.float32)
+    cam[cell] = 1.0
+    assert peak(cam, size) == ((cell[1] + 0.5) * 32, (cell[0] + 0.5) * 32)
+    box = _corner_box(cell, size)
+    score = score_map(cam, BoxAnnotation((box,), size), 0, size, tolerance=0.0)
+    assert score.hit
+
+
+def test_mirrored_maps_give_mirrored_peaks():
+    rng = np.random.default_rng(0)
+    height, width = 140, 280
+    for _ in range(20):
+        cam = rng.random((7, 7)).astype(np.float32)
+        x, y = peak(cam, (height, width))
+        assert peak(cam[:, ::-1], (height, width)) == pytest.approx((width - x, y))
+        assert peak(cam[::-1, :], (height, width)) == pytest.approx((x, height - y))
+
+
+def test_tied_peaks_are_drawn_at_random_with_a_seed():
+    cam = np.zeros((2, 2), np.float32) + 1.0  # four tied cells
+    drawn = {peak(cam, (64, 64), np.random.default_rng(s)) for s in range(40)}
+    assert drawn == {(16.0, 16.0), (48.0, 16.0), (16.0, 48.0), (48.0, 48.0)}
+    assert peak(cam, (64, 64), np.random.default_rng(3)) == peak(cam, (64, 64), np.random.default_rng(3))
