@@ -7,7 +7,9 @@
   ``input_size`` (px, square) and ``map_size`` ([h, w] cells).
 - ``localization``: for every positive (image, class) pair with a box of the class, the pointing
   game and box energy (``mlc.localization``) of the method's map and, beside it, of a ``random`` and
-  a ``centre`` map: ``{"tolerance", "method" | "random" | "centre": LocalizationTally.summary()}``;
+  a ``centre`` map, and of Grad-CAM for every method (``grad_cam``: one explainer for all five;
+  for ggnn it is its own map): ``{"tolerance", "method" | "grad_cam" | "random" | "centre":
+  LocalizationTally.summary()}``;
   maps are scored as shown (``mlc.explain.positive_evidence``), an empty map as a miss (its count
   in ``empty_pairs``);
   ``{"skipped": reason}`` when the dataset has no boxes.
@@ -39,7 +41,7 @@ import torch
 from PIL import Image
 
 from mlc.data.base import MultiLabelDataset
-from mlc.explain import flip_consistency, positive_evidence, rescale, scale_consistency
+from mlc.explain import explanations, flip_consistency, rescale, scale_consistency
 from mlc.localization import POINTING_TOLERANCE, LocalizationTally, centre_map, random_map, score_map
 from mlc.metrics import evaluate, nanmean
 
@@ -119,7 +121,9 @@ def diagnose(
             cos[pair.empty.cpu()] = float("nan")  # no cosine for an empty map
             pairs_of[name][0].append(pair.squared_error.float().cpu())
             pairs_of[name][1].append(cos)
-        maps = positive_evidence(maps).float().cpu().numpy()  # scored as shown: the positive evidence
+        shown = explanations(model, features=features)  # evidence maps: own and Grad-CAM
+        maps = shown["own"].maps.float().cpu().numpy()
+        grad_maps = shown["grad-cam"].maps.float().cpu().numpy()
         map_size = list(maps.shape[-2:])
         if centre is None:
             centre = centre_map(maps.shape[-2:])
@@ -134,7 +138,7 @@ def diagnose(
                     pairs_without_boxes += 1
                     continue
                 for source, cam in (("method", maps[b, c]), ("random", random_map(maps.shape[-2:], rng)),
-                                    ("centre", centre)):
+                                    ("centre", centre), ("grad_cam", grad_maps[b, c])):
                     tally.add_score(source, int(c), score_map(cam, annotation, int(c), size, tolerance, ties))
         start += images.shape[0]
 
@@ -145,7 +149,7 @@ def diagnose(
         consistency["scale"].update(size=scaled_size, ratio=float(scale_ratio))
     if boxes:
         localization = {"tolerance": tolerance, "pairs_without_boxes": pairs_without_boxes,
-                        **{source: tally.summary(source) for source in ("method", "random", "centre")}}
+                        **{source: tally.summary(source) for source in ("method", "grad_cam", "random", "centre")}}
     else:
         localization = {"skipped": f"{type(dataset).__name__} has no object boxes"}
     scores = torch.cat(logits_all).sigmoid().numpy()

@@ -92,6 +92,29 @@ def explanation_maps(
     return out.logits, grad_cam(model, out.features), "Grad-CAM"
 
 
+@dataclass
+class Explanation:
+    """One explainer's evidence maps of a batch: logits (B, C), maps (B, C, h, w) and their kind."""
+
+    logits: torch.Tensor
+    maps: torch.Tensor
+    kind: str
+
+
+def explanations(model, images: torch.Tensor | None = None, features: torch.Tensor | None = None,
+                 explainers: tuple[str, ...] = EXPLAINERS) -> dict[str, Explanation]:
+    """The method's own maps and Grad-CAM side by side ({explainer: Explanation}), so methods can be
+    compared on one explainer; where the own maps are Grad-CAM already, they are not computed twice."""
+    if features is None:
+        with torch.no_grad():
+            features = model.forward_features(images)
+    result: dict[str, Explanation] = {}
+    for explainer in explainers:
+        same = next((e for e in result.values() if explainer == "grad-cam" and e.kind == "Grad-CAM"), None)
+        result[explainer] = same or Explanation(*explanation_maps(model, features=features, explainer=explainer))
+    return result
+
+
 def map_transform(maps: torch.Tensor, transform: str, like: torch.Tensor | None = None) -> torch.Tensor:
     """T(Q(I)): maps of an image carried over to where the maps of its transformed copy lie, as
     G-CAM defines it: "flip" mirrors them, "scale" resizes them (bilinear) to ``like``'s size."""

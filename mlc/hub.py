@@ -217,6 +217,9 @@ def _seeing_section(eval_result: Mapping[str, Any] | None) -> list[str]:
                         if loc["method"].get("empty_pairs") else ""))
         lines.append(f"- box energy (share of the map inside the class's boxes): {pct(loc['method'].get('energy'))}; "
                      f"random {pct(loc['random'].get('energy'))}, centre {pct(loc['centre'].get('energy'))}")
+        if loc.get("grad_cam") and d.get("map") != "Grad-CAM":
+            lines.append(f"- the same with Grad-CAM (one explainer for every method): pointing game "
+                         f"{pct(loc['grad_cam'].get('pointing'))}, box energy {pct(loc['grad_cam'].get('energy'))}")
     flip = d.get("flip") or {}
     if flip.get("cosine") is not None:
         lines.append(f"- flip consistency: cosine {flip['cosine']:.3f} between the map of the image and the "

@@ -128,8 +128,19 @@ def test_diagnose_reports_every_part_with_baselines(voc_val, tiny_setup):
             expected = attention_consistency_loss(fc.maps, small, "scale")
         assert d["scale"]["la"] == pytest.approx(float(expected), rel=1e-4)
         assert -1 <= d["scale"]["cosine"] <= 1 and d["scale"]["pairs"] == d["flip"]["pairs"]
+        assert loc["grad_cam"]["pairs"] == pairs  # Grad-CAM beside the own map, for every method
         # the random baseline is seeded: the same seed gives the same figures
         assert diagnose(model, voc_val, batch_size=3, seed=3)["localization"]["random"] == loc["random"]
+
+
+def test_grad_cam_of_an_average_pooled_linear_head_localises_like_its_cam(voc_val, tiny_setup):
+    """Grad-CAM = ReLU(CAM) / (h w) for GAP + linear: the same pointing game and box energy."""
+    torch.manual_seed(0)
+    model = tiny_model("baseline", {**tiny_setup, "classes": voc_val.classes, "label_stats": None},
+                       image_size=128, pooling="avg").eval()
+    loc = diagnose(model, voc_val, batch_size=4, scale_ratio=None)["localization"]
+    for key in ("pointing", "energy", "pairs", "empty_pairs"):
+        assert loc["grad_cam"][key] == pytest.approx(loc["method"][key])
 
 
 def test_diagnose_without_boxes_says_so(tmp_path, tiny_setup):

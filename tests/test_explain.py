@@ -4,7 +4,7 @@ import torch
 
 from conftest import tiny_model
 from mlc.explain import (
-    class_activation_maps, empty_maps, explanation_maps, flip_consistency, grad_cam, normalize_map, overlay,
+    class_activation_maps, empty_maps, explanation_maps, explanations, flip_consistency, grad_cam, normalize_map, overlay,
     positive_evidence,
 )
 
@@ -127,3 +127,20 @@ def test_consistency_measures_read_the_raw_maps_of_the_loss(tiny_setup):
         raw_mirror = model.explain(images.flip(-1)).cams
     torch.testing.assert_close(fc.maps, raw)
     torch.testing.assert_close(fc.squared_error.mean(), attention_consistency_loss(raw, raw_mirror, "flip"))
+
+
+def test_explanations_give_own_maps_and_grad_cam_for_every_variant(tiny_setup):
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 64, 64)
+    for name in ["baseline", "ggnn", "ssgrl", "mlgcn", "gcam"]:
+        model = tiny_model(name, tiny_setup).eval()
+        both = explanations(model, images)
+        assert set(both) == {"own", "grad-cam"} and both["grad-cam"].kind == "Grad-CAM"
+        with torch.no_grad():
+            features = model.forward_features(images)
+        torch.testing.assert_close(both["grad-cam"].maps, grad_cam(model, features))
+        _, own, kind = explanation_maps(model, features=features)
+        assert both["own"].kind == kind
+        torch.testing.assert_close(both["own"].maps, own)
+        if kind == "Grad-CAM":  # ggnn: not computed twice
+            assert both["own"] is both["grad-cam"]

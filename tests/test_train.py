@@ -67,7 +67,7 @@ def test_run_folder_contents(trained_group, variant):
     assert f"{100 * metrics['map']:.1f}" in card and "load_model" in card
     diag = result["diagnostics"]  # what the selected model sees (mlc.diagnostics), on the eval split
     assert diag["input_size"] == 64 and diag["num_images"] == 8
-    assert {"method", "random", "centre"} <= set(diag["localization"])
+    assert {"method", "grad_cam", "random", "centre"} <= set(diag["localization"])
     assert diag["localization"]["method"]["pairs"] == diag["flip"]["pairs"] > 0  # every positive has a box
     assert (diag["graph"] is None) == (variant == "baseline")
     if diag["graph"]:
@@ -75,6 +75,7 @@ def test_run_folder_contents(trained_group, variant):
     pointing = diag["localization"]["method"]["pointing"]
     assert "## What the model sees" in card and f"pointing game (map maximum on a box of the class, mean over classes): {100 * pointing:.1f}%" in card
     assert ("without its label graph" in card) == (variant != "baseline")
+    assert ("the same with Grad-CAM" in card) == (variant != "ggnn")  # ggnn's own map is Grad-CAM
 
 
 def test_report_compares_every_variant(trained_group):
@@ -83,6 +84,7 @@ def test_report_compares_every_variant(trained_group):
     assert all(v in header for v in VARIANTS)
     assert "| aeroplane |" in report and "mAP" in report
     assert "## What the models see" in report and "| pointing game (%) |" in report
+    assert "| pointing game, Grad-CAM (%) |" in report
     assert "## Where the methods disagree" in report
     analysis = json.loads((trained_group / "report.json").read_text())
     assert list(analysis["diagnostics"]) == VARIANTS

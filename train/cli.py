@@ -239,6 +239,9 @@ def diagnostics_line(d: dict) -> str:
     if "method" in loc:
         parts.append(f"pointing game {_pct(loc['method']['pointing'])} (random {_pct(loc['random']['pointing'])}, "
                      f"centre {_pct(loc['centre']['pointing'])}), box energy {_pct(loc['method']['energy'])}")
+        if loc.get("grad_cam") and d["map"] != "Grad-CAM":
+            parts.append(f"Grad-CAM pointing game {_pct(loc['grad_cam']['pointing'])}, "
+                         f"box energy {_pct(loc['grad_cam']['energy'])}")
     parts.append(f"flip cosine {flip['cosine']:.3f}, L_A {flip['la']:.3g}" if flip["cosine"] is not None
                  else f"flip L_A {flip['la']:.3g}")
     scale = d.get("scale") or {}

@@ -405,7 +405,9 @@ def seeing_section(analysis: dict[str, Any], classes: list[str]) -> list[str]:
                   "share of positive (image, class) pairs whose map maximum lies within "
                   f"{100 * ref.get('tolerance', 0):.0f}% of the image's longer side of a box of the class (mean over "
                   "classes, Zhang et al. 2016); **box energy**: share of the map's positive part inside the class's "
-                  "boxes. A random map and a centre map (Gaussian at the image centre) give the scale. **Flip cosine**: "
+                  "boxes. The **Grad-CAM** rows score Grad-CAM for every method, so the methods compare on one explainer "
+                  "(for ggnn it is its own map). A random map and a centre map (Gaussian at the image centre) give the "
+                  "scale. **Flip cosine**: "
                   "map of the image against the flipped-back map of its mirror image (positive pairs; 1 = mirrors "
                   "perfectly); **scale cosine**: the map resized to the map of the image rescaled as in G-CAM; "
                   "**L_A**: G-CAM's flip and scale terms at "
@@ -422,6 +424,10 @@ def seeing_section(analysis: dict[str, Any], classes: list[str]) -> list[str]:
             for label, key in (("pointing game (%)", "pointing"), ("box energy (%)", "energy")):
                 lines.append(row(label, lambda n, k=key: _pct((loc[n].get("method") or {}).get(k)),
                                  (_pct(ref["random"].get(key)), _pct(ref["centre"].get(key)))))
+            if any(loc[n].get("grad_cam") for n in with_boxes):
+                for label, key in (("pointing game, Grad-CAM (%)", "pointing"), ("box energy, Grad-CAM (%)", "energy")):
+                    lines.append(row(label, lambda n, k=key: _pct((loc[n].get("grad_cam") or {}).get(k)),
+                                     (_pct(ref["random"].get(key)), _pct(ref["centre"].get(key)))))
             lines.append(row("positive pairs with boxes", lambda n: str((loc[n].get("method") or {}).get("pairs", ""))))
         lines.append(row("flip cosine", lambda n: _num(diag[n]["flip"].get("cosine"), ".3f")))
         lines.append(row("L_A (flip)", lambda n: _num(diag[n]["flip"].get("la"), ".3g")))
