@@ -1,4 +1,4 @@
-"""What each method sees: localisation of its maps, their flip consistency, and its label graph's share.
+"""What each method sees: localisation of its maps, their faithfulness and sanity, flip consistency, the graph's share.
 
 ``diagnose(model, dataset)`` runs one trained model over an evaluation split and returns the
 ``diagnostics`` entry of ``eval.json`` (fractions in [0, 1]; null where undefined):
@@ -22,6 +22,13 @@
 - ``scale``: the same for G-CAM's scale term: the image's maps resized to the maps of the image
   rescaled to ``size`` px (``ratio`` x ``input_size``, 192 px at 224 as in G-CAM) against those
   maps; null when ``scale_ratio`` is None.
+- ``faithfulness``: deletion and insertion (``mlc.faithfulness.deletion_insertion``, Petsiuk et al.
+  2018) of the own map, Grad-CAM and the random / centre maps on ``faithfulness_pairs`` seeded present
+  pairs: mean AUC with bootstrap 95% intervals, mean curves, paired shares of wins over each
+  reference, and its cost (``seconds``); null when ``faithfulness_pairs`` is 0.
+- ``sanity``: the sanity checks (``mlc.sanity``, Adebayo et al. 2018) on the same pairs: median
+  Spearman between the maps of the model and of the model with its classifier re-drawn, and
+  between a present and an absent class's maps; ``seconds``; null when ``faithfulness_pairs`` is 0.
 - ``graph``: null for a variant without a label graph, else the model evaluated again with its
   graph replaced by no graph (``MultiLabelModel.identity_graph``, no retraining):
   ``{"map", "map_identity", "difference" (map - map_identity), "per_class": {"ap", "ap_identity"},
@@ -42,8 +49,10 @@ from PIL import Image
 
 from mlc.data.base import MultiLabelDataset
 from mlc.explain import explanations, flip_consistency, rescale, scale_consistency
+from mlc.faithfulness import DEFAULT_PAIRS, deletion_insertion
 from mlc.localization import POINTING_TOLERANCE, LocalizationTally, centre_map, random_map, score_map
 from mlc.metrics import evaluate, nanmean
+from mlc.sanity import sanity_on_dataset
 
 MAP_UNITS = {"CAM": "logit per cell", "Grad-CAM": "gradient-weighted activation", "attention": "weight (sums to 1)"}
 
@@ -76,6 +85,7 @@ def diagnose(
     seed: int = 0,
     scale_ratio: float | None = 192 / 224,
     return_scores: bool = False,
+    faithfulness_pairs: int = DEFAULT_PAIRS,
 ) -> dict[str, Any] | tuple[dict[str, Any], np.ndarray]:
     """The ``diagnostics`` entry of eval.json for ``model`` on ``dataset`` (see the module docstring).
 
@@ -160,9 +170,13 @@ def diagnose(
         graph = {"map": real.map, "map_identity": ablated.map, "difference": real.map - ablated.map,
                  "no_graph": model.no_graph_description,
                  "per_class": {"ap": real.ap, "ap_identity": ablated.ap}}
+    faithfulness = sanity = None
+    if faithfulness_pairs:
+        faithfulness = deletion_insertion(model, dataset, faithfulness_pairs, seed, device).to_dict()
+        sanity = sanity_on_dataset(model, dataset, faithfulness_pairs, seed, device).to_dict()
     result = _clean({"map": kind, "input_size": model.image_size, "map_size": map_size, "num_images": len(dataset),
                      "localization": localization, "flip": consistency["flip"], "scale": consistency.get("scale"),
-                     "graph": graph})
+                     "faithfulness": faithfulness, "sanity": sanity, "graph": graph})
     return (result, scores) if return_scores else result
 
 

@@ -76,6 +76,8 @@ def test_run_folder_contents(trained_group, variant):
     assert "## What the model sees" in card and f"pointing game (map maximum on a box of the class, mean over classes): {100 * pointing:.1f}%" in card
     assert ("without its label graph" in card) == (variant != "baseline")
     assert ("the same with Grad-CAM" in card) == (variant != "ggnn")  # ggnn's own map is Grad-CAM
+    assert diag["faithfulness"]["pairs"] == diag["sanity"]["pairs"] > 0  # on the eval split, with their cost
+    assert "| map | deletion AUC (lower is better) |" in card and "sanity checks (Adebayo et al. 2018)" in card
 
 
 def test_report_compares_every_variant(trained_group):
@@ -85,6 +87,7 @@ def test_report_compares_every_variant(trained_group):
     assert "| aeroplane |" in report and "mAP" in report
     assert "## What the models see" in report and "| pointing game (%) |" in report
     assert "| pointing game, Grad-CAM (%) |" in report
+    assert "### Faithfulness and sanity" in report and "| deletion AUC, own map (↓) |" in report
     assert "## Where the methods disagree" in report
     analysis = json.loads((trained_group / "report.json").read_text())
     assert list(analysis["diagnostics"]) == VARIANTS
@@ -126,7 +129,8 @@ def test_evaluate_merges_into_a_runs_eval_json(trained_group, voc_root, tmp_path
     merged = json.loads(target.read_text())
     assert merged["selected_epoch"] == previous["selected_epoch"] and merged["seed"] == previous["seed"]
     assert merged["diagnostics"]["graph"]["map_identity"] == pytest.approx(previous["diagnostics"]["graph"]["map_identity"])
-    assert "mAP without the graph" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mAP without the graph" in printed and "deletion AUC" in printed and "sanity:" in printed
     assert main(args + ["--split", "train"]) == 2  # another split's evaluation is not merged into it
     assert "not merged" in capsys.readouterr().err
     assert json.loads(target.read_text()) == merged
