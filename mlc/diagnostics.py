@@ -1,4 +1,4 @@
-"""What each method sees: localisation of its maps, their flip consistency, and its label graph's share.
+"""What each method sees: localisation of its maps, their faithfulness and sanity, flip consistency, the graph's share.
 
 ``diagnose(model, dataset)`` runs one trained model over an evaluation split and returns the
 ``diagnostics`` entry of ``eval.json`` (fractions in [0, 1]; null where undefined):
@@ -7,9 +7,13 @@
   ``input_size`` (px, square) and ``map_size`` ([h, w] cells).
 - ``localization``: for every positive (image, class) pair with a box of the class, the pointing
   game and box energy (``mlc.localization``) of the method's map and, beside it, of a ``random`` and
-  a ``centre`` map: ``{"tolerance", "method" | "random" | "centre": LocalizationTally.summary()}``;
+  a ``centre`` map, and of Grad-CAM for every method (``grad_cam``: one explainer for all five;
+  for ggnn it is its own map): ``{"tolerance", "method" | "grad_cam" | "random" | "centre":
+  LocalizationTally.summary()}``;
+  maps are scored as shown (``mlc.explain.positive_evidence``), an empty map as a miss (its count
+  in ``empty_pairs``);
   ``{"skipped": reason}`` when the dataset has no boxes.
-- ``flip``: the map of the image against the map of its mirror image flipped back
+- ``flip``: the raw (signed) map of the image against the map of its mirror image flipped back
   (``mlc.explain.flip_consistency``), at ``input_size``: ``cosine`` (mean over positive pairs whose
   two maps are not both empty; 1 = the map mirrors perfectly), ``la`` (G-CAM's flip term L_A: the
   squared difference averaged over positions, classes and images, in the map's own units: logits per
@@ -20,6 +24,13 @@
   the model's own second scale when it trains with one (G-CAM's ``scale_ratio`` / ``scale_size``),
   else ``DEFAULT_SCALE_RATIO`` x ``input_size`` (G-CAM's 192 px at 224, so 384 px at 448); null
   when ``scale_ratio`` is None.
+- ``faithfulness``: deletion and insertion (``mlc.faithfulness.deletion_insertion``, Petsiuk et al.
+  2018) of the own map, Grad-CAM and the random / centre maps on ``faithfulness_pairs`` seeded present
+  pairs: mean AUC with bootstrap 95% intervals, mean curves, paired shares of wins over each
+  reference, and its cost (``seconds``); null when ``faithfulness_pairs`` is 0.
+- ``sanity``: the sanity checks (``mlc.sanity``, Adebayo et al. 2018) on the same pairs: median
+  Spearman between the maps of the model and of the model with its classifier re-drawn, and
+  between a present and an absent class's maps; ``seconds``; null when ``faithfulness_pairs`` is 0.
 - ``graph``: null for a variant without a label graph, else the model evaluated again with its
   graph replaced by no graph (``MultiLabelModel.identity_graph``, no retraining):
   ``{"map", "map_identity", "difference" (map - map_identity), "per_class": {"ap", "ap_identity"},
@@ -39,9 +50,11 @@ import torch
 from PIL import Image
 
 from mlc.data.base import MultiLabelDataset
-from mlc.explain import flip_consistency, rescale, scale_consistency
+from mlc.explain import explanations, flip_consistency, rescale, scale_consistency
+from mlc.faithfulness import DEFAULT_PAIRS, deletion_insertion
 from mlc.localization import POINTING_TOLERANCE, LocalizationTally, centre_map, random_map, score_map
 from mlc.metrics import evaluate, nanmean
+from mlc.sanity import sanity_on_dataset
 
 DEFAULT_SCALE_RATIO = 192 / 224  # G-CAM's second scale, as a share of the input size
 MAP_UNITS = {"CAM": "logit per cell", "Grad-CAM": "gradient-weighted activation", "attention": "weight (sums to 1)"}
@@ -76,6 +89,7 @@ def diagnose(
     scale_ratio: float | str | None = "model",
     return_scores: bool = False,
     progress: bool = False,  # a tqdm bar over the batches (the CLI's long evaluations)
+    faithfulness_pairs: int = DEFAULT_PAIRS,
 ) -> dict[str, Any] | tuple[dict[str, Any], np.ndarray]:
     """The ``diagnostics`` entry of eval.json for ``model`` on ``dataset`` (see the module docstring).
 
@@ -97,6 +111,7 @@ def diagnose(
     targets = dataset.labels
     boxes = dataset.has_boxes
     rng = np.random.default_rng(seed)
+    ties = np.random.default_rng([seed, 1])  # among tied peak cells; apart from ``rng``'s random maps
     tally = LocalizationTally(model.num_classes)
     logits_all, identity_all = [], []
     pairs_of = {"flip": ([], []), "scale": ([], [])}  # per transform: squared errors, cosines
@@ -123,7 +138,9 @@ def diagnose(
             cos[pair.empty.cpu()] = float("nan")  # no cosine for an empty map
             pairs_of[name][0].append(pair.squared_error.float().cpu())
             pairs_of[name][1].append(cos)
-        maps = maps.float().cpu().numpy()
+        shown = explanations(model, features=features)  # evidence maps: own and Grad-CAM
+        maps = shown["own"].maps.float().cpu().numpy()
+        grad_maps = shown["grad-cam"].maps.float().cpu().numpy()
         map_size = list(maps.shape[-2:])
         if centre is None:
             centre = centre_map(maps.shape[-2:])
@@ -138,8 +155,8 @@ def diagnose(
                     pairs_without_boxes += 1
                     continue
                 for source, cam in (("method", maps[b, c]), ("random", random_map(maps.shape[-2:], rng)),
-                                    ("centre", centre)):
-                    tally.add(source, int(c), *score_map(cam, annotation, int(c), size, tolerance))
+                                    ("centre", centre), ("grad_cam", grad_maps[b, c])):
+                    tally.add_score(source, int(c), score_map(cam, annotation, int(c), size, tolerance, ties))
         start += images.shape[0]
 
     positive = targets == 1
@@ -149,7 +166,7 @@ def diagnose(
         consistency["scale"].update(size=scaled_size, ratio=scaled_size / model.image_size)
     if boxes:
         localization = {"tolerance": tolerance, "pairs_without_boxes": pairs_without_boxes,
-                        **{source: tally.summary(source) for source in ("method", "random", "centre")}}
+                        **{source: tally.summary(source) for source in ("method", "grad_cam", "random", "centre")}}
     else:
         localization = {"skipped": f"{type(dataset).__name__} has no object boxes"}
     scores = torch.cat(logits_all).sigmoid().numpy()
@@ -160,9 +177,13 @@ def diagnose(
         graph = {"map": real.map, "map_identity": ablated.map, "difference": real.map - ablated.map,
                  "no_graph": model.no_graph_description,
                  "per_class": {"ap": real.ap, "ap_identity": ablated.ap}}
+    faithfulness = sanity = None
+    if faithfulness_pairs:
+        faithfulness = deletion_insertion(model, dataset, faithfulness_pairs, seed, device).to_dict()
+        sanity = sanity_on_dataset(model, dataset, faithfulness_pairs, seed, device).to_dict()
     result = _clean({"map": kind, "input_size": model.image_size, "map_size": map_size, "num_images": len(dataset),
                      "localization": localization, "flip": consistency["flip"], "scale": consistency.get("scale"),
-                     "graph": graph})
+                     "faithfulness": faithfulness, "sanity": sanity, "graph": graph})
     return (result, scores) if return_scores else result
 
 

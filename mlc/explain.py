@@ -1,6 +1,21 @@
 """Explanations: CAM, Grad-CAM, SSGRL attention, flip consistency, and overlays on the image.
 
 CAM is defined here once and reused by the models (``explain=True``) and by the G-CAM loss.
+
+Two forms of a map, one function each:
+
+- the **raw** map (``class_activation_maps``): the signed CAM, sum_k W[c, k] F_k, what G-CAM's
+  attention-consistency loss compares (the shipped checkpoints were trained on it) and what the
+  flip / scale consistency measures report, so their L_A is the loss's own term;
+- the **evidence** map (``positive_evidence``): its ReLU, the positive evidence for the class, as
+  in the CAM / Grad-CAM literature and pytorch-grad-cam. This is the map a visitor is shown and the
+  one every measure of maps reads (pointing game, box energy, deletion / insertion, sanity
+  checks). A map with no positive cell is **empty**: it has no evidence to point with, so the
+  pointing game counts it as a miss and reports how many were empty (``mlc.localization``).
+
+``explanation_maps`` returns evidence maps unless asked for ``raw=True``; its ``explainer`` is the
+method's own ("own": CAM, SSGRL attention, or Grad-CAM where a head has neither) or Grad-CAM for
+every method ("grad-cam"), so methods can be compared on one explainer.
 """
 from __future__ import annotations
 
@@ -19,6 +34,16 @@ def class_activation_maps(features: torch.Tensor, weights: torch.Tensor) -> torc
     return torch.einsum("ck,bkhw->bchw", weights, features)
 
 
+def positive_evidence(maps: torch.Tensor) -> torch.Tensor:
+    """ReLU of a map: what raises the class score. The one display / diagnostic transform of a map."""
+    return maps.clamp(min=0)
+
+
+def empty_maps(maps: torch.Tensor) -> torch.Tensor:
+    """(B, C) True where a map has no positive cell (no evidence for the class) -> (B, C) bool."""
+    return maps.flatten(2).amax(-1) <= 0
+
+
 def grad_cam(model, features: torch.Tensor) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al. 2017) for every class: ReLU(sum_k alpha_ck F_k), alpha = mean_hw dy_c/dF_k.
 
@@ -35,22 +60,59 @@ def grad_cam(model, features: torch.Tensor) -> torch.Tensor:
     return torch.stack(maps, dim=1).detach()
 
 
-def explanation_maps(model, images: torch.Tensor | None = None, features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(logits, per-class maps (B, C, h, w), kind): CAM where it exists, SSGRL attention, else Grad-CAM.
+EXPLAINERS = ("own", "grad-cam")
 
+
+def explanation_maps(
+    model,
+    images: torch.Tensor | None = None,
+    features: torch.Tensor | None = None,
+    explainer: str = "own",
+    raw: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(logits, per-class maps (B, C, h, w), kind) of ``explainer``: "own" gives CAM where it
+    exists, else SSGRL attention, else Grad-CAM; "grad-cam" gives Grad-CAM for any head.
+
+    Maps are evidence maps (``positive_evidence``) unless ``raw``: then a CAM keeps its sign (the
+    map G-CAM's loss trains; Grad-CAM and attention are non-negative either way).
     Give ``features`` (the backbone's maps) instead of ``images`` to reuse one backbone pass.
     """
+    if explainer not in EXPLAINERS:
+        raise ValueError(f"explainer must be one of {EXPLAINERS}, got {explainer!r}")
     with torch.no_grad():
         if features is None:
             out = model.explain(images)
         else:
             out = model.forward_head(features, explain=True)
             out.features = features
-    if out.cams is not None:
-        return out.logits, out.cams, "CAM"
-    if out.attention is not None:
+    if explainer == "own" and out.cams is not None:
+        return out.logits, out.cams if raw else positive_evidence(out.cams), "CAM"
+    if explainer == "own" and out.attention is not None:
         return out.logits, out.attention, "attention"
     return out.logits, grad_cam(model, out.features), "Grad-CAM"
+
+
+@dataclass
+class Explanation:
+    """One explainer's evidence maps of a batch: logits (B, C), maps (B, C, h, w) and their kind."""
+
+    logits: torch.Tensor
+    maps: torch.Tensor
+    kind: str
+
+
+def explanations(model, images: torch.Tensor | None = None, features: torch.Tensor | None = None,
+                 explainers: tuple[str, ...] = EXPLAINERS) -> dict[str, Explanation]:
+    """The method's own maps and Grad-CAM side by side ({explainer: Explanation}), so methods can be
+    compared on one explainer; where the own maps are Grad-CAM already, they are not computed twice."""
+    if features is None:
+        with torch.no_grad():
+            features = model.forward_features(images)
+    result: dict[str, Explanation] = {}
+    for explainer in explainers:
+        same = next((e for e in result.values() if explainer == "grad-cam" and e.kind == "Grad-CAM"), None)
+        result[explainer] = same or Explanation(*explanation_maps(model, features=features, explainer=explainer))
+    return result
 
 
 def map_transform(maps: torch.Tensor, transform: str, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -112,14 +174,15 @@ def flip_consistency(
 ) -> FlipConsistency:
     """CAM(I) against flip(CAM(flip(I))) (or the model's attention / Grad-CAM maps).
 
+    Raw maps (signed CAMs), so ``squared_error`` is G-CAM's flip term L_A as the loss computes it.
     Either ``images``, or the backbone maps of the image and of its mirror image.
     """
     if features is None or flipped_features is None:
-        _, maps, kind = explanation_maps(model, images)
-        _, flipped, _ = explanation_maps(model, images.flip(-1))
+        _, maps, kind = explanation_maps(model, images, raw=True)
+        _, flipped, _ = explanation_maps(model, images.flip(-1), raw=True)
     else:
-        _, maps, kind = explanation_maps(model, features=features)
-        _, flipped, _ = explanation_maps(model, features=flipped_features)
+        _, maps, kind = explanation_maps(model, features=features, raw=True)
+        _, flipped, _ = explanation_maps(model, features=flipped_features, raw=True)
     return FlipConsistency(maps=maps, other=map_transform(flipped, "flip"), kind=kind)
 
 
@@ -130,8 +193,8 @@ def rescale(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def scale_consistency(model, maps: torch.Tensor, kind: str, scaled_features: torch.Tensor) -> MapConsistency:
     """G-CAM's scale term: the image's maps resized to the map size of a rescaled copy, against
-    the maps of that copy (``scaled_features``: its backbone maps)."""
-    _, scaled, _ = explanation_maps(model, features=scaled_features)
+    the maps of that copy (``scaled_features``: its backbone maps). Raw maps, as in the loss."""
+    _, scaled, _ = explanation_maps(model, features=scaled_features, raw=True)
     return MapConsistency(maps=map_transform(maps, "scale", like=scaled), other=scaled, kind=kind)
 
 

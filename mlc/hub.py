@@ -312,14 +312,20 @@ def _seeing_section(eval_result: Mapping[str, Any] | None) -> list[str]:
 
     lines = ["## What the model sees", "",
              f"Measured on the evaluation split with the model's own maps ({d.get('map', 'n/a')}, "
-             f"{d.get('input_size', 'n/a')} px input):", ""]
+             f"{d.get('input_size', 'n/a')} px input), scored as shown: the positive evidence (ReLU; a map "
+             "with no positive cell is empty):", ""]
     loc = d.get("localization") or {}
     if "method" in loc:
         lines.append(f"- pointing game (map maximum on a box of the class, mean over classes): "
                      f"{pct(loc['method'].get('pointing'))}; a random map {pct(loc['random'].get('pointing'))}, "
-                     f"a centre map {pct(loc['centre'].get('pointing'))}")
+                     f"a centre map {pct(loc['centre'].get('pointing'))}"
+                     + (f" ({loc['method']['empty_pairs']} of {loc['method'].get('pairs')} maps empty, counted as misses)"
+                        if loc["method"].get("empty_pairs") else ""))
         lines.append(f"- box energy (share of the map inside the class's boxes): {pct(loc['method'].get('energy'))}; "
                      f"random {pct(loc['random'].get('energy'))}, centre {pct(loc['centre'].get('energy'))}")
+        if loc.get("grad_cam") and d.get("map") != "Grad-CAM":
+            lines.append(f"- the same with Grad-CAM (one explainer for every method): pointing game "
+                         f"{pct(loc['grad_cam'].get('pointing'))}, box energy {pct(loc['grad_cam'].get('energy'))}")
     flip = d.get("flip") or {}
     if flip.get("cosine") is not None:
         lines.append(f"- flip consistency: cosine {flip['cosine']:.3f} between the map of the image and the "
@@ -329,12 +335,55 @@ def _seeing_section(eval_result: Mapping[str, Any] | None) -> list[str]:
     if scale.get("cosine") is not None:
         lines.append(f"- scale consistency (the image at {scale.get('size', 'n/a')} px, as G-CAM): cosine "
                      f"{scale['cosine']:.3f}; L_A {scale.get('la', float('nan')):.3g}")
+    lines += _faithfulness_lines(d.get("faithfulness"), d.get("sanity"))
     graph = d.get("graph")
     if graph:
         lines.append(f"- without its label graph ({graph.get('no_graph', 'no edges')}; not retrained): mAP "
                      f"{pct(graph.get('map_identity'))} against {pct(graph.get('map'))} with it "
                      f"({100 * graph['difference']:+.2f} pp from the graph)")
     return lines + [""]
+
+
+def _faithfulness_lines(faith: Mapping[str, Any] | None, sanity: Mapping[str, Any] | None) -> list[str]:
+    """Deletion / insertion (``mlc.faithfulness``) as a small table and the sanity checks (``mlc.sanity``)
+    as one line each; nothing when absent."""
+    lines: list[str] = []
+
+    def num(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    def auc(entry: Mapping[str, Any]) -> str:
+        a = entry["auc"]
+        return f"{num(a.get('value'))} [{num(a.get('low'))}, {num(a.get('high'))}]"
+
+    if faith and faith.get("maps"):
+        beats = faith.get("beats") or {}
+        lines += ["", f"Faithfulness (deletion / insertion, Petsiuk et al. 2018) on {faith['pairs']} seeded present "
+                  f"(image, class) pairs: the class probability as the pixels the map ranks first are blurred away "
+                  f"(sigma {faith['blur_sigma_px']:g} px) or revealed, area under the curve at "
+                  f"{', '.join(f'{100 * f:g}' for f in faith['fractions'])}% of the pixels (mean, bootstrap 95% "
+                  f"interval); wins: share of pairs where the map does better than the random / centre map. "
+                  f"Cost {faith['seconds']:.0f} s.", "",
+                  "| map | deletion AUC (lower is better) | insertion AUC (higher is better) | wins vs random (del / ins) "
+                  "| wins vs centre (del / ins) |", "|---|---|---|---|---|"]
+        for name, entry in faith["maps"].items():
+            label = {"own": f"own ({entry['kind']})", "grad-cam": "Grad-CAM"}.get(name, f"{name} map")
+            win = beats.get(name)
+            cells = [" / ".join(_pct(win[c][ref]["value"]) for c in ("deletion", "insertion")) if win else "–"
+                     for ref in ("random", "centre")]
+            lines.append(f"| {label} | {auc(entry['deletion'])} | {auc(entry['insertion'])} | {cells[0]} | {cells[1]} |")
+        lines.append("")
+    if sanity and sanity.get("explainers"):
+        for name, e in sanity["explainers"].items():
+            label = {"own": f"own map ({e['kind']})", "grad-cam": "Grad-CAM"}.get(name, name)
+            depends = {True: "yes", False: "no"}.get(e.get("depends_on_model"), "n/a")
+            lines.append(f"- sanity checks (Adebayo et al. 2018), {label}: median Spearman with the maps of the model "
+                         f"with its {', '.join(sanity.get('randomized') or [])} re-drawn "
+                         f"{num(e['model_randomization']['median'])} (median |rho| "
+                         f"{num(e['model_randomization']['median_abs'])}; map depends on the model: {depends}); "
+                         f"present against a random absent class {num(e['class_discrimination']['median'])} "
+                         f"({sanity['pairs']} pairs, {sanity['seconds']:.0f} s)")
+    return lines
 
 
 def _training_section(train_config: Mapping[str, Any] | None) -> list[str]:

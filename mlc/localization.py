@@ -5,11 +5,19 @@ image with ``mlc.explain.map_to_image`` (the function the app's overlays use) an
 the boxes of that class:
 
 - **pointing game** (Zhang et al. 2016, "Top-down neural attention by excitation backprop"): a
-  hit when the map's maximum lies within ``tolerance`` pixels of a box of the class. Zhang et al.
+  hit when the map's maximum lies within ``tolerance`` pixels of a box of the class. The maximum is
+  the centre of the highest cell of the map's own grid (``peak``: no side favoured, ties drawn
+  at random with a seed). Zhang et al.
   allow 15 px on VOC's ~500 px images; here the tolerance is a share of the image's longer side
   (``POINTING_TOLERANCE`` = 3%, 15 px at 500 px), so it means the same at any resolution.
 - **box energy** (the "energy-based pointing game" of Score-CAM): the share of the map's positive
   part that falls inside the union of the class's boxes. A map without positive part has none (nan).
+
+Maps are scored as a visitor is shown them: the positive evidence (``mlc.explain.positive_evidence``).
+A map with no positive cell is **empty** (e.g. the CAM of a class the image gives no evidence for):
+it has nothing to point with, so the pointing game counts it as a **miss** rather than scoring
+the least negative cell, and the tally reports how many pairs were empty (``empty_pairs``);
+its box energy is undefined (nan), as before.
 
 Two maps that know nothing give the scale: a **random** map (uniform noise on the feature grid,
 seeded) and a **centre** map (a Gaussian at the image centre, sigma a quarter of each side, the
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -50,15 +59,30 @@ def box_mask(boxes: Sequence[ObjectBox], size: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def peak(heat: np.ndarray) -> tuple[float, float]:
-    """(x, y) pixel-centre coordinates of the map's maximum (the first one on ties)."""
-    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    return x + 0.5, y + 0.5
+def peak(cam: np.ndarray, size: tuple[int, int] | None = None,
+         rng: np.random.Generator | None = None) -> tuple[float, float]:
+    """(x, y) image pixels of the centre of the map's highest cell, for an image of ``size`` =
+    (height, width) (default: the map's own grid, one cell a pixel).
+
+    Taken on the map's own grid, not on its upsampled copy: upsampling clamps at the edges, so a
+    border cell's plateau runs to the image edge and a first-argmax peak landed on the top or left
+    edge but never on the bottom or right one. The cell centre favours no side; tied cells are
+    drawn at random (``rng``, seeded; default seed 0), so no position wins ties by its index.
+    """
+    cam = np.asarray(cam)
+    h, w = cam.shape
+    height, width = (h, w) if size is None else (int(size[0]), int(size[1]))
+    flat = cam.ravel()
+    top = np.flatnonzero(flat == flat.max())
+    k = int(top[0]) if len(top) == 1 else int((rng or np.random.default_rng(0)).choice(top))
+    y, x = divmod(k, w)
+    return (x + 0.5) * width / w, (y + 0.5) * height / h
 
 
-def pointing_hit(heat: np.ndarray, boxes: Sequence[ObjectBox], tolerance: float) -> bool:
-    """Whether the maximum of an image-sized map is within ``tolerance`` px (Euclidean) of a box."""
-    x, y = peak(heat)
+def pointing_hit(cam: np.ndarray, boxes: Sequence[ObjectBox], tolerance: float, size: tuple[int, int] | None = None,
+                 rng: np.random.Generator | None = None) -> bool:
+    """Whether the map's peak (``peak``) on an image of ``size`` is within ``tolerance`` px (Euclidean) of a box."""
+    x, y = peak(cam, size, rng)
     for b in boxes:
         dx = max(b.x0 - x, 0.0, x - b.x1)
         dy = max(b.y0 - y, 0.0, y - b.y1)
@@ -87,12 +111,26 @@ def random_map(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     return rng.random(shape, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class MapScore:
+    """One map scored against the boxes of its class: an empty map is a miss without energy."""
+
+    hit: bool
+    energy: float
+    empty: bool = False
+
+
 def score_map(cam: np.ndarray, annotation: BoxAnnotation, class_index: int, size: tuple[int, int],
-              tolerance: float = POINTING_TOLERANCE) -> tuple[bool, float]:
-    """(pointing hit, box energy) of one feature-resolution map for one class of an image of ``size``."""
+              tolerance: float = POINTING_TOLERANCE, rng: np.random.Generator | None = None) -> MapScore:
+    """Pointing hit and box energy of one feature-resolution map for one class of an image of ``size``
+    (``rng`` draws among tied peak cells)."""
+    cam = np.asarray(cam, dtype=np.float32)
+    if not (cam > 0).any():  # no positive evidence: nothing to point with
+        return MapScore(hit=False, energy=float("nan"), empty=True)
     heat = map_to_image(cam, size)
     boxes = boxes_on_image(annotation, class_index, size)
-    return pointing_hit(heat, boxes, tolerance * max(size)), box_energy(heat, box_mask(boxes, size))
+    hit = pointing_hit(cam, boxes, tolerance * max(size), size, rng)
+    return MapScore(hit, box_energy(heat, box_mask(boxes, size)))
 
 
 class LocalizationTally:
@@ -102,14 +140,20 @@ class LocalizationTally:
         self.num_classes = num_classes
         self.hits: dict[str, list[list[bool]]] = {}
         self.energy: dict[str, list[list[float]]] = {}
+        self.empty: dict[str, int] = {}
 
-    def add(self, source: str, class_index: int, hit: bool, energy: float) -> None:
+    def add(self, source: str, class_index: int, hit: bool, energy: float, empty: bool = False) -> None:
         self.hits.setdefault(source, [[] for _ in range(self.num_classes)])[class_index].append(bool(hit))
         self.energy.setdefault(source, [[] for _ in range(self.num_classes)])[class_index].append(float(energy))
+        self.empty[source] = self.empty.get(source, 0) + bool(empty)
+
+    def add_score(self, source: str, class_index: int, score: MapScore) -> None:
+        self.add(source, class_index, score.hit, score.energy, score.empty)
 
     def summary(self, source: str) -> dict:
         """Pointing accuracy and mean box energy per class (null without pairs), their mean over
-        classes (as Zhang et al. report) and over all pairs, and the pair counts."""
+        classes (as Zhang et al. report) and over all pairs, and the pair counts (``empty_pairs``:
+        maps without positive evidence, counted as misses)."""
         hits, energy = self.hits.get(source), self.energy.get(source)
         if hits is None:
             return {}
@@ -124,6 +168,7 @@ class LocalizationTally:
             "energy_all_pairs": _mean(flat_energy),
             "pairs": len(flat_hits),
             "pairs_without_energy": sum(1 for e in energy for x in e if math.isnan(x)),
+            "empty_pairs": self.empty.get(source, 0),
             "per_class": {"pointing": pointing, "energy": energies, "pairs": [len(h) for h in hits]},
         }
 

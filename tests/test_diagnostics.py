@@ -124,12 +124,41 @@ def test_diagnose_reports_every_part_with_baselines(voc_val, tiny_setup):
 
         assert d["scale"]["size"] == 55
         with torch.no_grad():
-            small = explanation_maps(model, rescale(images, 55))[1]
+            small = explanation_maps(model, rescale(images, 55), raw=True)[1]
             expected = attention_consistency_loss(fc.maps, small, "scale")
         assert d["scale"]["la"] == pytest.approx(float(expected), rel=1e-4)
         assert -1 <= d["scale"]["cosine"] <= 1 and d["scale"]["pairs"] == d["flip"]["pairs"]
+        assert loc["grad_cam"]["pairs"] == pairs  # Grad-CAM beside the own map, for every method
+        faith, sanity = d["faithfulness"], d["sanity"]  # on min(50, present) seeded pairs, with their cost
+        assert faith["pairs"] == sanity["pairs"] == 12 and faith["seconds"] > 0 and sanity["seconds"] > 0
+        assert set(faith["maps"]) == {"own", "grad-cam", "random", "centre"}
+        assert faith["fractions"] == [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0] and faith["blur_sigma_px"] == 10.0
+        for entry in faith["maps"].values():
+            for curve in ("deletion", "insertion"):
+                a = entry[curve]["auc"]
+                assert 0 <= a["low"] <= a["value"] <= a["high"] <= 1 and len(entry[curve]["curve"]) == 7
+        # deletion at 100% is the blurred image, where insertion starts: the same probability for every map
+        ends = {round(m["deletion"]["curve"][-1], 6) for m in faith["maps"].values()}
+        assert ends == {round(m["insertion"]["curve"][0], 6) for m in faith["maps"].values()} and len(ends) == 1
+        assert set(faith["beats"]) == {"own", "grad-cam"} and set(faith["beats"]["own"]["deletion"]) == {"random", "centre"}
+        assert set(sanity["explainers"]) == {"own", "grad-cam"} and sanity["randomized"]
+        own = sanity["explainers"]["own"]
+        assert own["kind"] == d["map"] and -1 <= own["model_randomization"]["median"] <= 1
         # the random baseline is seeded: the same seed gives the same figures
-        assert diagnose(model, voc_val, batch_size=3, seed=3)["localization"]["random"] == loc["random"]
+        again = diagnose(model, voc_val, batch_size=3, seed=3)
+        assert again["localization"]["random"] == loc["random"]
+        assert again["faithfulness"]["maps"] == faith["maps"]
+    assert diagnose(model, voc_val, batch_size=4, faithfulness_pairs=0)["faithfulness"] is None
+
+
+def test_grad_cam_of_an_average_pooled_linear_head_localises_like_its_cam(voc_val, tiny_setup):
+    """Grad-CAM = ReLU(CAM) / (h w) for GAP + linear: the same pointing game and box energy."""
+    torch.manual_seed(0)
+    model = tiny_model("baseline", {**tiny_setup, "classes": voc_val.classes, "label_stats": None},
+                       image_size=128, pooling="avg").eval()
+    loc = diagnose(model, voc_val, batch_size=4, scale_ratio=None)["localization"]
+    for key in ("pointing", "energy", "pairs", "empty_pairs"):
+        assert loc["grad_cam"][key] == pytest.approx(loc["method"][key])
 
 
 @pytest.mark.parametrize("image_size", [64, 96])

@@ -3,7 +3,10 @@ import numpy as np
 import torch
 
 from conftest import tiny_model
-from mlc.explain import class_activation_maps, explanation_maps, flip_consistency, grad_cam, normalize_map, overlay
+from mlc.explain import (
+    class_activation_maps, empty_maps, explanation_maps, explanations, flip_consistency, grad_cam, normalize_map, overlay,
+    positive_evidence,
+)
 
 
 def test_cam_of_gap_linear_model_averages_to_its_logit(tiny_setup):
@@ -90,3 +93,54 @@ def test_maps_from_precomputed_features_equal_maps_from_images(tiny_setup):
         fa, fb = flip_consistency(model, images), flip_consistency(model, features=features, flipped_features=flipped)
         torch.testing.assert_close(fa.flipped_back, fb.flipped_back)
         torch.testing.assert_close(fa.score, fb.score)
+
+
+def test_shown_cam_is_the_positive_evidence_and_the_raw_cam_keeps_its_sign(tiny_setup):
+    """A CAM shown or scored is ReLU(CAM); the raw one (the loss's) stays signed and averages to the logit."""
+    torch.manual_seed(0)
+    model = tiny_model("mlgcn", tiny_setup, pooling="avg").eval()
+    images = torch.randn(3, 3, 96, 96)
+    logits, shown, kind = explanation_maps(model, images)
+    _, raw, raw_kind = explanation_maps(model, images, raw=True)
+    assert kind == raw_kind == "CAM"
+    assert (raw < 0).any() and shown.min() >= 0
+    torch.testing.assert_close(shown, positive_evidence(raw))
+    torch.testing.assert_close(shown, torch.relu(model.explain(images).cams))
+    torch.testing.assert_close(raw.mean(dim=(2, 3)) + model.bias, logits)
+
+
+def test_a_map_without_positive_cell_is_empty():
+    maps = torch.tensor([[[[-1.0, -0.5]], [[-1.0, 0.2]], [[0.0, 0.0]]]])  # (1, 3, 1, 2)
+    assert empty_maps(maps).tolist() == [[True, False, True]]
+    assert empty_maps(positive_evidence(maps)).tolist() == [[True, False, True]]
+
+
+def test_consistency_measures_read_the_raw_maps_of_the_loss(tiny_setup):
+    from mlc.losses import attention_consistency_loss
+
+    torch.manual_seed(0)
+    model = tiny_model("gcam", tiny_setup).eval()
+    images = torch.randn(2, 3, 64, 64)
+    fc = flip_consistency(model, images)
+    with torch.no_grad():
+        raw = model.explain(images).cams
+        raw_mirror = model.explain(images.flip(-1)).cams
+    torch.testing.assert_close(fc.maps, raw)
+    torch.testing.assert_close(fc.squared_error.mean(), attention_consistency_loss(raw, raw_mirror, "flip"))
+
+
+def test_explanations_give_own_maps_and_grad_cam_for_every_variant(tiny_setup):
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 64, 64)
+    for name in ["baseline", "ggnn", "ssgrl", "mlgcn", "gcam"]:
+        model = tiny_model(name, tiny_setup).eval()
+        both = explanations(model, images)
+        assert set(both) == {"own", "grad-cam"} and both["grad-cam"].kind == "Grad-CAM"
+        with torch.no_grad():
+            features = model.forward_features(images)
+        torch.testing.assert_close(both["grad-cam"].maps, grad_cam(model, features))
+        _, own, kind = explanation_maps(model, features=features)
+        assert both["own"].kind == kind
+        torch.testing.assert_close(both["own"].maps, own)
+        if kind == "Grad-CAM":  # ggnn: not computed twice
+            assert both["own"] is both["grad-cam"]

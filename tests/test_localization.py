@@ -80,9 +80,9 @@ def test_a_map_built_from_a_box_comes_back_onto_the_box_of_a_non_square_image():
     inside = heat >= 0.5
     iou = (inside & mask).sum() / (inside | mask).sum()
     assert iou > 0.95
-    assert score_map(cam, BoxAnnotation((box,), (height, width)), 0, (height, width), tolerance=0.0)[0] is True
-    hit, energy = score_map(cam, BoxAnnotation((box,)), 0, (height, width), tolerance=0.0)
-    assert hit and energy > 0.8
+    assert score_map(cam, BoxAnnotation((box,), (height, width)), 0, (height, width), tolerance=0.0).hit is True
+    score = score_map(cam, BoxAnnotation((box,)), 0, (height, width), tolerance=0.0)
+    assert score.hit and score.energy > 0.8 and not score.empty
     # a mapping that kept the map square (aspect ratio of the input, not of the image) misses the box
     square = map_to_image(cam, (width, width))[:height] >= 0.5
     assert (square & mask).sum() / (square | mask).sum() < 0.5
@@ -118,3 +118,56 @@ def test_tally_gives_per_class_and_mean_over_classes():
     assert s["energy"] == pytest.approx(0.35)
     assert s["pairs"] == 4 and s["pairs_without_energy"] == 1
     assert tally.summary("random") == {}
+
+
+def test_a_map_without_positive_evidence_is_an_empty_miss():
+    """Its least negative cell is no evidence: a miss, counted as empty (it scored a hit before)."""
+    box = ObjectBox(0, 0, 0, 20, 20)
+    cam = -np.ones((7, 7), np.float32)
+    cam[0, 0] = -0.5  # the least negative cell lies on the box
+    score = score_map(cam, BoxAnnotation((box,), (224, 224)), 0, (224, 224))
+    assert score.empty and score.hit is False and math.isnan(score.energy)
+    cam[0, 0] = 0.5
+    score = score_map(cam, BoxAnnotation((box,), (224, 224)), 0, (224, 224))
+    assert score.hit and not score.empty
+    tally = LocalizationTally(1)
+    tally.add_score("method", 0, score_map(-np.ones((7, 7), np.float32), BoxAnnotation((box,)), 0, (224, 224)))
+    tally.add_score("method", 0, score)
+    s = tally.summary("method")
+    assert s["empty_pairs"] == 1 and s["pairs"] == 2 and s["pointing"] == 0.5
+
+
+def _corner_box(cell: tuple[int, int], size: tuple[int, int], grid: int = 7) -> ObjectBox:
+    """A small box around the centre of one grid cell of an image of ``size``."""
+    cy, cx = (cell[0] + 0.5) * size[0] / grid, (cell[1] + 0.5) * size[1] / grid
+    return ObjectBox(0, cx - 3, cy - 3, cx + 3, cy + 3)
+
+
+@pytest.mark.parametrize("cell", [(0, 0), (6, 6), (0, 6), (6, 0)])
+def test_a_peak_in_a_corner_cell_points_at_that_cell_whatever_the_corner(cell):
+    """The pointing game's peak was taken on the edge-clamped upsampled map with the first argmax:
+    a top-left peak cell landed on the image corner (a miss here), a bottom-right one on its centre."""
+    size = (224, 224)
+    cam = np.full((7, 7), 0.5, np.float32)
+    cam[cell] = 1.0
+    assert peak(cam, size) == ((cell[1] + 0.5) * 32, (cell[0] + 0.5) * 32)
+    box = _corner_box(cell, size)
+    score = score_map(cam, BoxAnnotation((box,), size), 0, size, tolerance=0.0)
+    assert score.hit
+
+
+def test_mirrored_maps_give_mirrored_peaks():
+    rng = np.random.default_rng(0)
+    height, width = 140, 280
+    for _ in range(20):
+        cam = rng.random((7, 7)).astype(np.float32)
+        x, y = peak(cam, (height, width))
+        assert peak(cam[:, ::-1], (height, width)) == pytest.approx((width - x, y))
+        assert peak(cam[::-1, :], (height, width)) == pytest.approx((x, height - y))
+
+
+def test_tied_peaks_are_drawn_at_random_with_a_seed():
+    cam = np.zeros((2, 2), np.float32) + 1.0  # four tied cells
+    drawn = {peak(cam, (64, 64), np.random.default_rng(s)) for s in range(40)}
+    assert drawn == {(16.0, 16.0), (48.0, 16.0), (16.0, 48.0), (48.0, 48.0)}
+    assert peak(cam, (64, 64), np.random.default_rng(3)) == peak(cam, (64, 64), np.random.default_rng(3))

@@ -86,3 +86,19 @@ def test_gcam_second_scale_is_a_ratio_of_the_input_size(tiny_setup):
     legacy = tiny_model("gcam", tiny_setup, scales=[224, 192])  # checkpoints saved before the ratio
     assert legacy.view_images(torch.zeros(1, 3, 448, 448), "scaled").shape[-1] == 192
     assert tiny_model("mlgcn", tiny_setup).training_views() == ("image",)
+
+
+def test_gcam_loss_still_reads_the_raw_signed_cam(tiny_setup):
+    """The shipped checkpoints were trained on signed CAMs: showing ReLU'd maps must not change L_A."""
+    torch.manual_seed(0)
+    model = tiny_model("gcam", tiny_setup).eval()
+    features, flipped = torch.randn(2, 32, 3, 3), torch.randn(2, 32, 3, 3)
+    with torch.no_grad():
+        _, _, parts = GCAMLoss()(model, features, torch.zeros(2, 5), flipped_features=flipped)
+        weights = model.classifier()[0]
+        raw = torch.einsum("ck,bkhw->bchw", weights, features)  # written out: no mlc.explain in the way
+        raw_flipped = torch.einsum("ck,bkhw->bchw", weights, flipped)
+    assert (raw < 0).any()  # the CAMs have negative cells, so a ReLU would matter
+    torch.testing.assert_close(parts["consistency"], ((raw.flip(-1) - raw_flipped) ** 2).mean())
+    relu = ((raw.clamp(min=0).flip(-1) - raw_flipped.clamp(min=0)) ** 2).mean()
+    assert abs(float(parts["consistency"]) - float(relu)) > 1e-3

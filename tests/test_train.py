@@ -68,7 +68,7 @@ def test_run_folder_contents(trained_group, variant):
     assert f"{100 * metrics['map']:.1f}" in card and "load_model" in card
     diag = result["diagnostics"]  # what the selected model sees (mlc.diagnostics), on the eval split
     assert diag["input_size"] == 64 and diag["num_images"] == 8
-    assert {"method", "random", "centre"} <= set(diag["localization"])
+    assert {"method", "grad_cam", "random", "centre"} <= set(diag["localization"])
     assert diag["localization"]["method"]["pairs"] == diag["flip"]["pairs"] > 0  # every positive has a box
     assert (diag["graph"] is None) == (variant == "baseline")
     if diag["graph"]:
@@ -76,6 +76,9 @@ def test_run_folder_contents(trained_group, variant):
     pointing = diag["localization"]["method"]["pointing"]
     assert "## What the model sees" in card and f"pointing game (map maximum on a box of the class, mean over classes): {100 * pointing:.1f}%" in card
     assert ("without its label graph" in card) == (variant != "baseline")
+    assert ("the same with Grad-CAM" in card) == (variant != "ggnn")  # ggnn's own map is Grad-CAM
+    assert diag["faithfulness"]["pairs"] == diag["sanity"]["pairs"] > 0  # on the eval split, with their cost
+    assert "| map | deletion AUC (lower is better) |" in card and "sanity checks (Adebayo et al. 2018)" in card
 
 
 @pytest.mark.slow
@@ -114,6 +117,8 @@ def test_report_compares_every_variant(trained_group):
     assert all(v in header for v in VARIANTS)
     assert "| aeroplane |" in report and "mAP" in report
     assert "## What the models see" in report and "| pointing game (%) |" in report
+    assert "| pointing game, Grad-CAM (%) |" in report
+    assert "### Faithfulness and sanity" in report and "| deletion AUC, own map (↓) |" in report
     assert "## Where the methods disagree" in report
     analysis = json.loads((trained_group / "report.json").read_text())
     assert list(analysis["diagnostics"]) == VARIANTS
@@ -158,7 +163,8 @@ def test_evaluate_merges_into_a_runs_eval_json(trained_group, voc_root, tmp_path
     merged = json.loads(target.read_text())
     assert merged["selected_epoch"] == previous["selected_epoch"] and merged["seed"] == previous["seed"]
     assert merged["diagnostics"]["graph"]["map_identity"] == pytest.approx(previous["diagnostics"]["graph"]["map_identity"])
-    assert "mAP without the graph" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mAP without the graph" in printed and "deletion AUC" in printed and "sanity:" in printed
     assert main(args + ["--split", "train"]) == 2  # another split's evaluation is not merged into it
     assert "not merged" in capsys.readouterr().err
     assert json.loads(target.read_text()) == merged

@@ -224,7 +224,9 @@ def cmd_evaluate(argv: list[str]) -> int:
                   "map localisation, flip consistency and the graph ablation (mlc.diagnostics)")
     parser.add_argument("--limit", type=int, metavar="N",
                         help="a quick try: score a seeded sample of N images of the split (--seed), not all of it")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random-map baseline and of --limit's sample")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random-map baseline, the pair subset and --limit's sample")
+    parser.add_argument("--faithfulness-pairs", type=int, default=50,
+                        help="present (image, class) pairs for deletion / insertion and the sanity checks (0: skip)")
     args = parser.parse_args(argv)
     if args.batch_size <= 0 or args.num_workers < 0:
         print("error: --batch-size must be positive and --num-workers 0 or more", file=sys.stderr)
@@ -249,7 +251,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     diagnostics = None
     if args.diagnostics:  # its forward passes give the scores too: one pass over the split, not two
         diagnostics, scores = diagnose(model, dataset, device, args.batch_size, args.num_workers, seed=args.seed,
-                                       return_scores=True, progress=True)
+                                       return_scores=True, progress=True, faithfulness_pairs=max(0, args.faithfulness_pairs))
     else:
         from tqdm import tqdm
 
@@ -314,11 +316,27 @@ def diagnostics_line(d: dict) -> str:
     if "method" in loc:
         parts.append(f"pointing game {_pct(loc['method']['pointing'])} (random {_pct(loc['random']['pointing'])}, "
                      f"centre {_pct(loc['centre']['pointing'])}), box energy {_pct(loc['method']['energy'])}")
+        if loc.get("grad_cam") and d["map"] != "Grad-CAM":
+            parts.append(f"Grad-CAM pointing game {_pct(loc['grad_cam']['pointing'])}, "
+                         f"box energy {_pct(loc['grad_cam']['energy'])}")
     parts.append(f"flip cosine {flip['cosine']:.3f}, L_A {flip['la']:.3g}" if flip["cosine"] is not None
                  else f"flip L_A {flip['la']:.3g}")
     scale = d.get("scale") or {}
     if scale.get("cosine") is not None:
         parts.append(f"scale ({scale['size']} px) cosine {scale['cosine']:.3f}, L_A {scale['la']:.3g}")
+    faith, sanity = d.get("faithfulness"), d.get("sanity")
+    if faith and faith.get("maps"):
+        auc = {k: m["deletion"]["auc"]["value"] for k, m in faith["maps"].items()}
+        ins = {k: m["insertion"]["auc"]["value"] for k, m in faith["maps"].items()}
+        parts.append(f"deletion AUC {_num(auc.get('own'))} (Grad-CAM {_num(auc.get('grad-cam', auc.get('own')))}, "
+                     f"random {_num(auc.get('random'))}, centre {_num(auc.get('centre'))}; lower is better), insertion AUC "
+                     f"{_num(ins.get('own'))} (random {_num(ins.get('random'))}, centre {_num(ins.get('centre'))}) "
+                     f"on {faith['pairs']} pairs in {faith['seconds']:.0f} s")
+    if sanity and sanity.get("explainers"):
+        own = sanity["explainers"]["own"]
+        parts.append(f"sanity: median |Spearman| with a randomised classifier {_num(own['model_randomization']['median_abs'])} "
+                     f"(map depends on the model: {_yes(own['depends_on_model'])}), present vs absent class "
+                     f"{_num(own['class_discrimination']['median'])} in {sanity['seconds']:.0f} s")
     if graph:
         parts.append(f"mAP without the graph {_pct(graph['map_identity'])} ({100 * graph['difference']:+.2f} pp from it)")
     return " ".join(parts[:1]) + " " + "; ".join(parts[1:])
@@ -326,6 +344,14 @@ def diagnostics_line(d: dict) -> str:
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _yes(x: bool | None) -> str:
+    return "n/a" if x is None else ("yes" if x else "no")
 
 
 def cmd_report(argv: list[str]) -> int:

@@ -404,11 +404,14 @@ def seeing_section(analysis: dict[str, Any], classes: list[str]) -> list[str]:
         first = diag[names[0]]
         lines += ["## What the models see", "",
                   f"First seed of each variant, on the {first.get('num_images', '?')} evaluation images. Each method's own "
-                  "map (CAM, Grad-CAM or attention), brought onto the image as the app draws it. **Pointing game**: "
+                  "map (CAM, Grad-CAM or attention) as the app shows it: its positive evidence (ReLU), brought onto the "
+                  "image. A map with no positive cell is empty and counts as a miss. **Pointing game**: "
                   "share of positive (image, class) pairs whose map maximum lies within "
                   f"{100 * ref.get('tolerance', 0):.0f}% of the image's longer side of a box of the class (mean over "
                   "classes, Zhang et al. 2016); **box energy**: share of the map's positive part inside the class's "
-                  "boxes. A random map and a centre map (Gaussian at the image centre) give the scale. **Flip cosine**: "
+                  "boxes. The **Grad-CAM** rows score Grad-CAM for every method, so the methods compare on one explainer "
+                  "(for ggnn it is its own map). A random map and a centre map (Gaussian at the image centre) give the "
+                  "scale. **Flip cosine**: "
                   "map of the image against the flipped-back map of its mirror image (positive pairs; 1 = mirrors "
                   "perfectly); **scale cosine**: the map resized to the map of the image rescaled as in G-CAM; "
                   "**L_A**: G-CAM's flip and scale terms at "
@@ -425,6 +428,10 @@ def seeing_section(analysis: dict[str, Any], classes: list[str]) -> list[str]:
             for label, key in (("pointing game (%)", "pointing"), ("box energy (%)", "energy")):
                 lines.append(row(label, lambda n, k=key: _pct((loc[n].get("method") or {}).get(k)),
                                  (_pct(ref["random"].get(key)), _pct(ref["centre"].get(key)))))
+            if any(loc[n].get("grad_cam") for n in with_boxes):
+                for label, key in (("pointing game, Grad-CAM (%)", "pointing"), ("box energy, Grad-CAM (%)", "energy")):
+                    lines.append(row(label, lambda n, k=key: _pct((loc[n].get("grad_cam") or {}).get(k)),
+                                     (_pct(ref["random"].get(key)), _pct(ref["centre"].get(key)))))
             lines.append(row("positive pairs with boxes", lambda n: str((loc[n].get("method") or {}).get("pairs", ""))))
         lines.append(row("flip cosine", lambda n: _num(diag[n]["flip"].get("cosine"), ".3f")))
         lines.append(row("L_A (flip)", lambda n: _num(diag[n]["flip"].get("la"), ".3g")))
@@ -448,6 +455,7 @@ def seeing_section(analysis: dict[str, Any], classes: list[str]) -> list[str]:
         for c, cls in enumerate(classes):
             lines.append(f"| {cls} | " + " | ".join(_num(diag[n]["flip"]["per_class"]["cosine"][c], ".3f")
                                                      for n in names) + " |")
+        lines += _faithfulness_table(diag)
         graphs = [n for n in names if diag[n].get("graph")]
         if graphs:
             lines += ["", "### AP change from the label graph per class (pp: AP with the graph − AP without)", "",
@@ -473,6 +481,72 @@ def seeing_section(analysis: dict[str, Any], classes: list[str]) -> list[str]:
         for im in dis["images"]:
             cells = [", ".join(im["predicted"][m]) or "–" for m in methods]
             lines.append(f"| {im['id']} ({im['split_labels']}) | {', '.join(im['true'] or []) or '–'} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _faithfulness_table(diag: dict[str, Any]) -> list[str]:
+    """"Faithfulness and sanity" (eval.json diagnostics' ``faithfulness`` / ``sanity``): one row per
+    method, the reference maps measured on each method's own model."""
+    names = [n for n, d in diag.items() if (d.get("faithfulness") or {}).get("maps")]
+    if not names:
+        return []
+    first = diag[names[0]]["faithfulness"]
+
+    def auc(n: str, source: str, curve: str) -> str:
+        maps = diag[n]["faithfulness"]["maps"]
+        entry = maps.get(source) or (maps["own"] if source == "grad-cam" else None)  # ggnn's own map is Grad-CAM
+        return "n/a" if entry is None else _num(entry[curve]["auc"]["value"], ".3f")
+
+    def interval(n: str, curve: str) -> str:
+        a = diag[n]["faithfulness"]["maps"]["own"][curve]["auc"]
+        return "n/a" if a["low"] is None else f"{a['low']:.3f}–{a['high']:.3f}"
+
+    def wins(n: str, ref: str) -> str:
+        b = diag[n]["faithfulness"]["beats"]["own"]
+        return f"{_pct(b['deletion'][ref]['value'])} / {_pct(b['insertion'][ref]['value'])}"
+
+    def sanity(n: str, check: str, key: str) -> str:
+        own = ((diag[n].get("sanity") or {}).get("explainers") or {}).get("own")
+        return "n/a" if own is None else _num(own[check][key], ".2f")
+
+    def depends(n: str) -> str:
+        own = ((diag[n].get("sanity") or {}).get("explainers") or {}).get("own") or {}
+        return {True: "yes", False: "no"}.get(own.get("depends_on_model"), "n/a")
+
+    def cost(n: str) -> str:
+        return f"{diag[n]['faithfulness']['seconds'] + ((diag[n].get('sanity') or {}).get('seconds') or 0):.0f}"
+
+    rows = [
+        ("deletion AUC, own map (↓)", lambda n: auc(n, "own", "deletion")),
+        ("  95% interval", lambda n: interval(n, "deletion")),
+        ("deletion AUC, Grad-CAM (↓)", lambda n: auc(n, "grad-cam", "deletion")),
+        ("deletion AUC, random map", lambda n: auc(n, "random", "deletion")),
+        ("deletion AUC, centre map", lambda n: auc(n, "centre", "deletion")),
+        ("insertion AUC, own map (↑)", lambda n: auc(n, "own", "insertion")),
+        ("  95% interval", lambda n: interval(n, "insertion")),
+        ("insertion AUC, Grad-CAM (↑)", lambda n: auc(n, "grad-cam", "insertion")),
+        ("insertion AUC, random map", lambda n: auc(n, "random", "insertion")),
+        ("insertion AUC, centre map", lambda n: auc(n, "centre", "insertion")),
+        ("own map beats random, % of pairs (del / ins)", lambda n: wins(n, "random")),
+        ("own map beats centre, % of pairs (del / ins)", lambda n: wins(n, "centre")),
+        ("Spearman, randomised classifier (median)", lambda n: sanity(n, "model_randomization", "median")),
+        ("map depends on the model (median abs. below 0.5)", depends),
+        ("Spearman, present vs absent class (median)", lambda n: sanity(n, "class_discrimination", "median")),
+        ("cost (s)", cost),
+    ]
+    lines = ["", "### Faithfulness and sanity", "",
+             f"On {first['pairs']} seeded present (image, class) pairs. **Deletion / insertion** (Petsiuk et al. 2018): "
+             "the class probability as the pixels a map ranks first are blurred away (Gaussian, sigma "
+             f"{first['blur_sigma_px']:g} px at the model's input) or revealed from the blurred image; area under the "
+             "curve over the share of pixels (deletion: lower is better; insertion: higher is better). The random and "
+             "centre maps are measured on each method's own model, so compare a method with its own references. "
+             "**Sanity checks** (Adebayo et al. 2018): rank correlation of each map with the map of the same model "
+             "with its classifier re-drawn (the GCN output for ML-GCN / G-CAM, the head for the others) — a map that "
+             "explains the model changes, so a low value is good — and with the map of a random absent class of the "
+             "image (a class-specific map differs). Faithful here means the map ranks the pixels the score depends "
+             "on; it says nothing about whether they lie on the object (the pointing game does).", "",
+             "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(cell(n) for n in names) + " |" for label, cell in rows]
     return lines
 
 

@@ -202,6 +202,12 @@ class MultiLabelModel(nn.Module, PyTorchModelHubMixin, library_name="mlc", tags=
             for module, name, value in saved:
                 setattr(module, name, value)
 
+    def randomization_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) of the part the model-parameter randomisation test re-initialises
+        (Adebayo et al. 2018, ``mlc.sanity``): the head by default; a variant whose classifier is a
+        distinct top part (ML-GCN's GCN output) names only that."""
+        return [(n, p) for n, p in self.named_parameters() if not n.startswith("backbone.")]
+
     def classifier(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W (C, N), b (C,)) of a head whose logits are linear in pooled features."""
         raise NotImplementedError(f"{self.model_name} has no linear classifier over pooled features")

@@ -81,6 +81,10 @@ class MLGCN(MultiLabelModel):
         """A = I: each label's classifier from its own embedding alone."""
         return [(self, "adjacency", torch.eye(self.num_classes))]
 
+    def randomization_parameters(self):
+        """The GCN's output layer, which produces the classifiers W (the sanity check's "classifier")."""
+        return [(f"gc2.{n}", p) for n, p in self.gc2.named_parameters()]
+
     def classifier(self) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.act(self.gc1(self.label_embeddings, self.adjacency))
         return self.gc2(h, self.adjacency), self.bias  # no activation after the last layer
