@@ -142,6 +142,12 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                 with gr.Row():
                     explain_class = gr.Dropdown(label="Class (empty: the top-scoring one)", allow_custom_value=True,
                                                 **_dropdown(class_a))
+                    explainer = checked_by_handler(gr.Radio(
+                        ["own", "grad-cam"], value="own", label="explainer",
+                        info="own: each method's map (CAM, attention, Grad-CAM); grad-cam: one explainer for all"))
+                    scaling = checked_by_handler(gr.Radio(
+                        ["per-map", "shared"], value="per-map", label="colour scale",
+                        info="per-map: each map to its own maximum; shared: one scale per map kind"))
                     explain_button = gr.Button("Explain", variant="primary")
                 explain_status = gr.Markdown(label="status", elem_id="explain-status")
                 explain_gallery = gr.Gallery(label="explanation maps", columns=5, height="auto", preview=False,
@@ -180,6 +186,9 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                                             interactive=False, elem_id="seeing-table")
                 seeing_plot = gr.Image(label="pointing game and box energy", type="filepath", elem_id="seeing-plot",
                                        show_label=False)
+                faithfulness_plot = gr.Image(label="deletion and insertion curves", type="filepath",
+                                             elem_id="faithfulness-plot", show_label=False)
+                sanity_text = gr.Markdown(label="sanity checks", elem_id="sanity-checks")
                 graph_ap_table = gr.Dataframe(label="AP change per class from the label graph (pp)", interactive=False,
                                               elem_id="graph-ap-table")
                 graph_ap_plot = gr.Image(label="AP change per class from the label graph", type="filepath",
@@ -199,8 +208,11 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
         for slider in (threshold, top_k):
             slider.release(**predict_io, api_visibility="private")
         thresholds.input(**predict_io, api_visibility="private")
-        explain_button.click(handlers.explain, [image, explain_class, session], [explain_status, explain_gallery],
-                             api_name="explain", **busy)
+        explain_io = dict(fn=handlers.explain, inputs=[image, explain_class, explainer, scaling, session],
+                          outputs=[explain_status, explain_gallery], **busy)
+        explain_button.click(**explain_io, api_name="explain")
+        for control in (explainer, scaling):
+            control.input(**explain_io, api_visibility="private")
         flip_button.click(handlers.flip_consistency, [image, flip_method, flip_class, session],
                           [flip_status, flip_gallery, flip_table], api_name="flip_consistency", **busy)
         graph_io = dict(fn=handlers.label_graph, inputs=[graph_method, tau, p, session],
@@ -208,7 +220,8 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
         analysis_tab.select(handlers.per_class_ap, [session], [ap_status, seeds_table, ap_table, ap_plot],
                             api_name="per_class_ap", **busy) \
             .then(handlers.what_models_see, [session],
-                  [seeing_status, seeing_table, seeing_plot, graph_ap_table, graph_ap_plot, disagree_status,
+                  [seeing_status, seeing_table, seeing_plot, faithfulness_plot, sanity_text, graph_ap_table,
+                   graph_ap_plot, disagree_status,
                    disagree_table, disagree_gallery], api_name="what_models_see", **busy) \
             .then(**graph_io, api_name="label_graph") \
             .then(handlers.classifier_tsne, [session], [tsne_status, tsne_plot], api_name="classifier_tsne", **busy)

@@ -215,7 +215,7 @@ def test_every_handler_is_a_named_endpoint(client):
     params = {name: [p["parameter_name"] for p in spec["parameters"]] for name, spec in api.items()}
     assert params == {
         "/predict": ["image", "threshold", "top_k", "thresholds"],
-        "/explain": ["image", "class_name"],
+        "/explain": ["image", "class_name", "explainer", "scaling"],
         "/flip_consistency": ["image", "method", "class_name"],
         "/graph_effect": ["image"],
         "/per_class_ap": [],
@@ -276,6 +276,19 @@ def test_explain_chosen_and_unknown_class(client, photo):
         client.predict(handle_file(str(photo)), "unicorn", api_name="/explain")
 
 
+def test_explain_offers_grad_cam_for_every_method(client, photo):
+    from gradio_client import handle_file
+
+    status, gallery = client.predict(handle_file(str(photo)), "dog", "grad-cam", "shared", api_name="/explain")
+    assert len(gallery) == len(VARIANTS) and all(" - Grad-CAM - " in item["caption"] for item in gallery)
+    assert "Grad-CAM for every method" in status and "share one colour scale" in status
+    status, gallery = client.predict(handle_file(str(photo)), "dog", api_name="/explain")  # defaults
+    assert [item["caption"].split(" - ")[1] for item in gallery] == [MAP_KINDS[m] for m in VARIANTS]
+    assert "its own colour scale" in status
+    with pytest.raises(AppError, match="explainer must be one of own, grad-cam"):
+        client.predict(handle_file(str(photo)), "dog", "lime", api_name="/explain")
+
+
 def test_flip_consistency_images_and_scores(client, photo):
     from gradio_client import handle_file
 
@@ -317,8 +330,14 @@ def test_per_class_ap_matches_eval_json(client, checkpoints):
 
 
 def test_what_the_models_see_shows_the_shipped_diagnostics(client, checkpoints):
-    (status, table, plot, per_class, graph_plot, dis_status, dis_table, gallery) = client.predict(
+    (status, table, plot, faith_plot, sanity, per_class, graph_plot, dis_status, dis_table, gallery) = client.predict(
         api_name="/what_models_see")
+    assert Image.open(faith_plot).format == "PNG" and "Deletion / insertion" in status
+    assert all(f"**{m}**" in sanity for m in VARIANTS) and "map depends on the model" in sanity
+    rows_by = {r[0]: dict(zip(table["headers"], r)) for r in table["data"]}
+    faith = json.loads((checkpoints / "mlgcn" / "eval.json").read_text())["diagnostics"]["faithfulness"]
+    assert rows_by["mlgcn"]["deletion AUC (lower: faithful)"] == pytest.approx(faith["maps"]["own"]["deletion"]["auc"]["value"], abs=5e-4)
+    assert rows_by["random map"]["insertion AUC (higher: faithful)"] is not None
     assert "Pointing game" in status and "12 evaluation images" in status
     rows = {r[0]: dict(zip(table["headers"], r)) for r in table["data"]}
     assert list(rows) == [*VARIANTS, "random map", "centre map"]
@@ -669,13 +688,18 @@ def test_maps_of_one_kind_share_a_scale_and_unpredicted_ones_are_marked(tmp_path
     strong = np.array([[0.0, 2.0], [1.0, -1.0]], dtype=np.float32)
     maps = [ClassMap("baseline", "CAM", strong, 0.9), ClassMap("mlgcn", "CAM", strong / 4, 0.8),
             ClassMap("gcam", "CAM", strong, 0.02), ClassMap("ggnn", "Grad-CAM", np.zeros((2, 2), np.float32), 0.1)]
-    items = explanation_gallery(image, maps)
+    items = explanation_gallery(image, maps, "shared")
     (a, ca), (b, cb), (c, cc), (d, cd) = items
     assert a.shape[:2] == (336, 448) == b.shape[:2]  # the whole image, its aspect kept
     assert not np.array_equal(a, b)  # a weaker map of the same kind looks weaker (own-range scaling hid it)
     assert "not predicted" in cc and "not predicted" not in ca
     assert c.mean() > a.mean()  # dimmed
     assert "empty" in cd and cd.startswith("ggnn - Grad-CAM")
+    (a2, _), (b2, _), *_ = explanation_gallery(image, maps, "per-map")  # each to its own maximum
+    top = slice(0, 280)  # above the colour bar, whose end value differs
+    assert np.array_equal(a2[top], b2[top]) and np.array_equal(a2[top], a[top])
+    with pytest.raises(ValueError, match="scaling must be one of per-map, shared"):
+        explanation_gallery(image, maps, "loudest")
 
 
 def test_per_class_thresholds_by_default_the_slider_as_override_and_the_out_of_class_notice(tmp_path, tiny_setup):

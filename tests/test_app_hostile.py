@@ -24,7 +24,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]
-IMAGE_ENDPOINTS = {"predict": [0.5, 5, "global"], "graph_effect": [], "explain": [None], "flip_consistency": [None, None]}
+IMAGE_ENDPOINTS = {"predict": [0.5, 5, "global"], "graph_effect": [], "explain": [None, "own", "per-map"], "flip_consistency": [None, None]}
 
 
 def call(url: str, api: str, data: list, headers: dict | None = None, timeout: float = 120) -> tuple[str, object]:

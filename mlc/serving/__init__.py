@@ -18,8 +18,8 @@ from mlc.serving.analysis import (  # noqa: F401
 from mlc.serving.errors import RequestError  # noqa: F401
 from mlc.serving.images import MAX_DECODE_PIXELS, MAX_SIDE, DecodedImage, load_image  # noqa: F401
 from mlc.serving.maps import (  # noqa: F401
-    DISPLAY_SIDE, FLIP_READING, MAP_READING, ClassMap, FlipResult, class_maps, difference_image, display_array,
-    explanation_gallery, flip_gallery, flip_views, resolve_class,
+    DISPLAY_SIDE, FLIP_READING, SCALINGS, ClassMap, FlipResult, class_maps, difference_image, display_array,
+    explanation_gallery, flip_gallery, flip_views, map_reading, resolve_class,
 )
 from mlc.serving.model_set import (  # noqa: F401
     MAX_VISITOR_CLASSES, MAX_VISITOR_EMBEDDING, MAX_VISITOR_IMAGE_SIZE, OFFLINE_BACKBONES, Method, ModelSet,

@@ -163,14 +163,19 @@ class Handlers:
 
     @guarded
     @gpu_task(duration=60)  # ZeroGPU: a GPU for the model work; nothing changes on a CPU
-    def explain(self, image: Any, class_name: Any, session: ModelSet | None = None) -> tuple:
-        """Each method's map for one class (top-scoring when empty): CAM, Grad-CAM or SSGRL attention."""
+    def explain(self, image: Any, class_name: Any, explainer: Any = "own", scaling: Any = "per-map",
+                session: ModelSet | None = None) -> tuple:
+        """Each method's evidence map for one class (top-scoring when empty): its own explainer (CAM,
+        Grad-CAM or SSGRL attention) or Grad-CAM for every method, on per-map or shared colour scales."""
         class_name = _text(class_name, "class_name")
+        explainer, scaling = _text(explainer, "explainer") or "own", _text(scaling, "scaling") or "per-map"
         decoded = _image(image)
-        chosen, maps = serving.class_maps(self.models_of(session), decoded.image, class_name)
+        chosen, maps = serving.class_maps(self.models_of(session), decoded.image, class_name, explainer)
         how = "the top-scoring class" if not class_name else "the chosen class"
-        status = (f"Maps for **{serving.md(chosen)}** ({how}). {serving.MAP_READING} {decoded.note}")
-        return status, serving.explanation_gallery(decoded.image, maps)
+        which = "each method's own explainer" if explainer == "own" else "Grad-CAM for every method"
+        status = (f"Maps for **{serving.md(chosen)}** ({how}), {which}. {serving.map_reading(maps, scaling)} "
+                  f"{decoded.note}")
+        return status, serving.explanation_gallery(decoded.image, maps, scaling)
 
     @guarded
     @gpu_task(duration=60)  # ZeroGPU: a GPU for the model work; nothing changes on a CPU
@@ -219,8 +224,10 @@ class Handlers:
         if note:  # words for the operator (where the images are): the log, not the public page
             log.info("disputed images: %s", note.strip())
         shown = gr.update(value=gallery, visible=True) if gallery else gr.update(value=None, visible=False)
-        return (status, table, plot, None if per_class is None else _records(per_class, "class"), graph_plot,
-                dis_status, dis_table, shown)
+        faith_plot = (serving.figure(models, ("faithfulness",), lambda: seeing.faithfulness_figure(models))
+                      if seeing.has_faithfulness(models) else None)
+        return (status, table, plot, faith_plot, seeing.sanity_lines(models),
+                None if per_class is None else _records(per_class, "class"), graph_plot, dis_status, dis_table, shown)
 
     @guarded
     @gpu_task(duration=30)  # ZeroGPU: a GPU for the model work; nothing changes on a CPU

@@ -9,7 +9,7 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
-from mlc.explain import explanation_maps, flip_consistency, map_to_image, normalize_map, overlay
+from mlc.explain import EXPLAINERS, explanation_maps, flip_consistency, map_to_image, normalize_map, overlay
 from mlc.serving.errors import RequestError
 from mlc.serving.model_set import ModelSet
 from mlc.serving.predict import _score_table
@@ -33,6 +33,7 @@ class ClassMap:
     kind: str  # CAM | Grad-CAM | attention
     map: np.ndarray  # (h, w)
     probability: float
+    threshold: float = 0.5  # the method's threshold for this class (per-class where it has one)
 
 
 def resolve_class(model_set: ModelSet, class_name: str | None, mean_scores: pd.Series) -> str:
@@ -44,31 +45,55 @@ def resolve_class(model_set: ModelSet, class_name: str | None, mean_scores: pd.S
     return class_name
 
 
-def class_maps(model_set: ModelSet, image: Image.Image, class_name: str | None) -> tuple[str, list[ClassMap]]:
-    """Every method's explanation map (``mlc.explain.explanation_maps`` picks its kind) for one class."""
+def class_maps(model_set: ModelSet, image: Image.Image, class_name: str | None,
+               explainer: str = "own") -> tuple[str, list[ClassMap]]:
+    """Every method's evidence map for one class: its own explainer (CAM, SSGRL attention, or
+    Grad-CAM where a head has neither) or Grad-CAM for all (``mlc.explain.explanation_maps``)."""
     model_set.require_models()
+    if explainer not in EXPLAINERS:
+        raise RequestError(f"explainer must be one of {', '.join(EXPLAINERS)}, got {str(explainer)[:20]!r}.")
     with model_set.session():
         features = model_set.features(model_set.inputs(image))
-        results = {n: explanation_maps(m.model, features=features[n]) for n, m in model_set.methods.items()}
+        results = {n: explanation_maps(m.model, features=features[n], explainer=explainer)
+                   for n, m in model_set.methods.items()}
     mean_scores = _score_table(model_set, {n: r[0] for n, r in results.items()}).mean(axis=1)
     chosen = resolve_class(model_set, class_name, mean_scores)
     maps = []
     for name, (logits, per_class, kind) in results.items():
-        classes = model_set.methods[name].model.classes
-        if chosen in classes:
-            c = classes.index(chosen)
-            maps.append(ClassMap(name, kind, per_class[0, c].cpu().numpy(), float(torch.sigmoid(logits[0, c]))))
+        model = model_set.methods[name].model
+        if chosen in model.classes:
+            c = model.classes.index(chosen)
+            calibration = getattr(model, "calibration", None)
+            threshold = calibration.thresholds[calibration.classes.index(chosen)] if (
+                calibration is not None and chosen in calibration.classes) else 0.5
+            maps.append(ClassMap(name, kind, per_class[0, c].cpu().numpy(), float(torch.sigmoid(logits[0, c])), threshold))
     return chosen, maps
 
 
-MAP_READING = (
-    "How to read the maps: **CAM** (baseline, mlgcn, gcam) shows how much each place adds to the class "
-    "score; these share one colour scale, from 0 to the largest value among them (the bar in each corner), "
-    "and places that lower the score are not coloured. **Grad-CAM** (ggnn) weights the feature maps by "
-    "the score's gradient; it is empty when no place raises the score. **Attention** (ssgrl) is where the "
-    "class's semantic decoupling looks; it sums to 1 over the image. A dimmed map belongs to a method "
-    "that does not predict the class (p below 0.5): it shows where that method looked, not evidence."
-)
+_KIND_READING = {
+    "CAM": "**CAM** ({}) shows how much each place adds to the class score (its positive part: places that "
+           "lower the score are not coloured)",
+    "Grad-CAM": "**Grad-CAM** ({}) weights the feature maps by the score's gradient, positive part",
+    "attention": "**attention** ({}) is where the class's semantic decoupling looks; it sums to 1 over the image",
+}
+
+
+def map_reading(maps: list[ClassMap], scaling: str) -> str:
+    """How to read these maps: which methods show which kind, and which colour scale is on."""
+    kinds: dict[str, list[str]] = {}
+    for m in maps:
+        kinds.setdefault(m.kind, []).append(m.method)
+    parts = [_KIND_READING.get(kind, f"**{kind}** ({{}})").format(", ".join(methods)) for kind, methods in kinds.items()]
+    scale = ("Each map has its own colour scale, from 0 to its own largest value (the bar in its corner): "
+             "compare where, not how strongly." if scaling == "per-map" else
+             "Maps of one kind share one colour scale, from 0 to the largest value among them (the bar in "
+             "each corner): a weak map looks weak.")
+    return (f"How to read the maps: {'; '.join(parts)}. {scale} An empty map has no place that raises the "
+            "score. A dimmed map belongs to a method that does not predict the class (below its threshold): "
+            "it shows where that method looked, not evidence.")
+
+
+SCALINGS = ("per-map", "shared")  # the explain view's colour scales
 
 
 FLIP_READING = (
@@ -82,42 +107,46 @@ FLIP_READING = (
 
 
 def _colour_bar(canvas: np.ndarray, high: float, label: str) -> np.ndarray:
-    """Draw the JET scale (0 .. high) with its end values in the lower right corner, in place."""
+    """Draw the JET scale (0 .. high) with its end values along the bottom edge, in place; the text
+    is sized for the gallery, which shows a 448 px overlay at about half that width."""
     import cv2
 
     h, w = canvas.shape[:2]
-    bar_w, bar_h = min(120, w // 3), 8
-    x0, y0 = w - bar_w - 6, h - bar_h - 18
+    bar_w, bar_h, text_h = min(200, w // 2), 12, 26
+    x0, y0 = w - bar_w - 8, h - bar_h - text_h
     if x0 < 0 or y0 < 0:
         return canvas
-    cv2.rectangle(canvas, (x0 - 4, y0 - 4), (w - 2, h - 2), (255, 255, 255), -1)
+    cv2.rectangle(canvas, (x0 - 6, y0 - 6), (w - 2, h - 2), (255, 255, 255), -1)
     ramp = cv2.applyColorMap(np.uint8(np.linspace(0, 255, bar_w))[None, :].repeat(bar_h, 0), cv2.COLORMAP_JET)
     canvas[y0:y0 + bar_h, x0:x0 + bar_w] = ramp[:, :, ::-1]
-    text = dict(fontFace=cv2.FONT_HERSHEY_SIMPLEX, fontScale=0.35, color=(0, 0, 0), thickness=1, lineType=cv2.LINE_AA)
-    cv2.putText(canvas, "0", (x0, h - 6), **text)
+    text = dict(fontFace=cv2.FONT_HERSHEY_SIMPLEX, fontScale=0.62, color=(0, 0, 0), thickness=2, lineType=cv2.LINE_AA)
+    cv2.putText(canvas, "0", (x0, h - 7), **text)
     end = f"{high:.3g} {label}"
-    (tw, _), _ = cv2.getTextSize(end, text["fontFace"], text["fontScale"], 1)
-    cv2.putText(canvas, end, (max(x0, w - 4 - tw), h - 6), **text)
+    (tw, _), _ = cv2.getTextSize(end, text["fontFace"], text["fontScale"], text["thickness"])
+    cv2.putText(canvas, end, (max(x0 + 24, w - 6 - tw), h - 7), **text)
     return canvas
 
 
-def explanation_gallery(image: Image.Image, maps: list[ClassMap], threshold: float = 0.5) -> list[tuple[np.ndarray, str]]:
-    """(overlay, caption) per method, the whole image (aspect kept). Maps of one kind share a scale
-    from 0 to their largest value, so a weak map looks weak; a method that does not predict the
-    class has its map dimmed and says so; an empty map says why."""
+def explanation_gallery(image: Image.Image, maps: list[ClassMap], scaling: str = "per-map") -> list[tuple[np.ndarray, str]]:
+    """(overlay, caption) per method, the whole image (aspect kept). ``scaling``: "per-map" (each map
+    from 0 to its own largest value: no map looks blank) or "shared" (maps of one kind share a scale,
+    so a weak map looks weak). A method that does not predict the class has its map dimmed and says
+    so; an empty map says why."""
+    if scaling not in SCALINGS:
+        raise RequestError(f"scaling must be one of {', '.join(SCALINGS)}, got {str(scaling)[:20]!r}.")
     canvas = display_array(image)
     top = {}
     for m in maps:
         top[m.kind] = max(top.get(m.kind, 0.0), float(np.max(m.map)))
     items = []
     for m in maps:
-        high = top[m.kind]
+        high = top[m.kind] if scaling == "shared" else float(np.max(m.map))
         heat = np.clip(m.map / high, 0.0, 1.0) if high > 0 else np.zeros_like(m.map)
-        predicted = m.probability >= threshold
+        predicted = m.probability >= m.threshold
         picture = overlay(canvas, heat, alpha=0.5 if predicted else 0.3, normalize=False)
         if not predicted:  # dimmed: towards white
             picture = np.uint8(0.45 * picture + 0.55 * 255)
-        picture = _colour_bar(np.ascontiguousarray(picture), high, m.kind)
+        picture = _colour_bar(np.ascontiguousarray(picture), max(high, 0.0), m.kind)
         caption = f"{m.method} - {m.kind} - p = {m.probability:.2f}"  # short: the gallery shows one line
         if not predicted:
             caption += " - not predicted"

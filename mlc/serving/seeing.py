@@ -31,11 +31,15 @@ SEEING_READING = (
     "image's side); **box energy**: how much of the map lies inside those boxes. A **random map** and a "
     "**centre map** (always looking at the middle) show what chance and the photographer's framing give. "
     "**Flip cosine**: whether the map of the mirrored photo mirrors the map of the photo (1 = exactly); "
-    "**scale cosine**: the same for the photo shrunk as G-CAM trains (192 px at a 224 px input, 384 at 448). "
+    "**scale cosine**: the same for the photo shrunk as G-CAM trains (the model's own second scale). "
     "**L_A**: G-CAM's loss, the mean squared difference of those two maps in the map's own units, so "
     "compare it between the CAM methods only. **No graph**: the same trained model with its label graph "
     "removed (GCN: identity; GGNN: no edges), not retrained: the difference is what the graph contributes to "
-    "this trained model (a model trained without a graph could do better than this ablation)."
+    "this trained model (a model trained without a graph could do better than this ablation). "
+    "**Deletion / insertion** (Petsiuk et al. 2018): the class probability as the map's most relevant pixels "
+    "are blurred away (deletion: a faithful map makes it fall fast, low area under the curve) or revealed "
+    "from a blurred photo (insertion: rises fast, high area), on a seeded subset of present pairs; they "
+    "measure whether the map points at what the model uses, not whether it points at the object."
 )
 DATA_ROOT_ENV = "MLC_DATA_ROOT"  # the operator's dataset folder: shows the disputed images themselves
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -70,18 +74,88 @@ def seeing_table(model_set: ModelSet) -> tuple[str, pd.DataFrame | None]:
             "L_A (flip)": np.nan if d["flip"].get("la") is None else float(f"{d['flip']['la']:.3g}"),
             "scale cosine": np.nan if (d.get("scale") or {}).get("cosine") is None else round(d["scale"]["cosine"], 3),
             "L_A (scale)": np.nan if (d.get("scale") or {}).get("la") is None else float(f"{d['scale']['la']:.3g}"),
+            "pointing game, Grad-CAM (%)": _pct((loc.get("grad_cam") or {}).get("pointing")),
+            **_faithfulness_cells(d.get("faithfulness"), "own"),
+            "map depends on the model": _depends(d.get("sanity")),
             "mAP (%)": _pct(graph.get("map")) if graph else np.nan,
             "mAP, no graph (%)": _pct(graph.get("map_identity")) if graph else np.nan,
             "graph's share (pp)": round(100 * graph["difference"], 2) if graph else np.nan,
         })
     if reference:
         for source, label in (("random", "random map"), ("centre", "centre map")):
+            faith = next((d.get("faithfulness") for d in diag.values() if d.get("faithfulness")), None)
             rows.append({"method": label, "map": "-", "pointing game (%)": _pct(reference[source].get("pointing")),
-                         "box energy (%)": _pct(reference[source].get("energy"))})
+                         "box energy (%)": _pct(reference[source].get("energy")), **_faithfulness_cells(faith, source)})
     first = next(iter(diag.values()))
     where = (f"{first.get('num_images', '?')} evaluation images, {first.get('input_size', '?')} px input. "
              if reference else "The evaluation data had no object boxes, so there is no localisation. ")
     return where + SEEING_READING, pd.DataFrame(rows)
+
+
+def _faithfulness_cells(faithfulness: Any, source: str) -> dict[str, float]:
+    """Mean deletion and insertion AUC of one map (``own``, ``grad-cam``, ``random``, ``centre``)."""
+    entry = ((faithfulness or {}).get("maps") or {}).get(source) or {}
+    cell = lambda kind: ((entry.get(kind) or {}).get("auc") or {}).get("value")  # noqa: E731
+    return {"deletion AUC (lower: faithful)": np.nan if cell("deletion") is None else round(cell("deletion"), 3),
+            "insertion AUC (higher: faithful)": np.nan if cell("insertion") is None else round(cell("insertion"), 3)}
+
+
+def _depends(sanity: Any) -> str | None:
+    own = ((sanity or {}).get("explainers") or {}).get("own") or {}
+    verdict = own.get("depends_on_model")
+    return None if verdict is None else ("yes" if verdict else "no")
+
+
+def sanity_lines(model_set: ModelSet) -> str:
+    """One reading per method of the sanity checks (Adebayo et al. 2018), from eval.json."""
+    lines = []
+    for name, d in _diagnostics(model_set).items():
+        own = ((d.get("sanity") or {}).get("explainers") or {}).get("own")
+        if not own:
+            continue
+        rand, disc = own.get("model_randomization") or {}, own.get("class_discrimination") or {}
+        depends = own.get("depends_on_model")
+        lines.append(f"- **{md(name)}** ({md(own.get('kind', '?'))}): map depends on the model: "
+                     f"**{'yes' if depends else 'no' if depends is not None else 'n/a'}** (median |Spearman| with "
+                     f"its classifier re-drawn {_num(rand.get('median_abs'))}); present vs absent class: median "
+                     f"Spearman {_num(disc.get('median'))} (near 1: the map hardly depends on the class)")
+    if not lines:
+        return ""
+    return ("**Sanity checks** (Adebayo et al. 2018; a faithful map changes when the model's classifier is "
+            "re-drawn, and differs between classes):\n" + "\n".join(lines))
+
+
+def _num(x: Any) -> str:
+    return "n/a" if x is None else f"{float(x):+.2f}"
+
+
+def has_faithfulness(model_set: ModelSet) -> bool:
+    return any(d.get("faithfulness") for d in _diagnostics(model_set).values())
+
+
+def faithfulness_figure(model_set: ModelSet) -> Figure | None:
+    """Deletion curves (the class probability as the most relevant pixels are blurred away) of each
+    method's own map, with the random and centre maps: lower and earlier is more faithful."""
+    diag = {n: d["faithfulness"] for n, d in _diagnostics(model_set).items() if d.get("faithfulness")}
+    if not diag:
+        return None
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    for k, kind in enumerate(("deletion", "insertion")):
+        ax = fig.add_subplot(1, 2, k + 1)
+        first = next(iter(diag.values()))
+        x = [100 * f for f in first["fractions"]]
+        for name, faith in diag.items():
+            ax.plot(x, faith["maps"]["own"][kind]["curve"], marker="o", markersize=3, color=method_colour(name), label=name)
+        for source, style in (("random", ":"), ("centre", "--")):
+            if source in first["maps"]:
+                ax.plot(x, first["maps"][source][kind]["curve"], color="black", linestyle=style, label=f"{source} map")
+        ax.set_xlabel(f"pixels {'blurred' if kind == 'deletion' else 'revealed'} (%)")
+        ax.set_ylabel("class probability")
+        ax.set_title(f"{kind} ({'lower' if kind == 'deletion' else 'higher'} is more faithful)")
+        ax.grid(alpha=0.3)
+        if k == 0:
+            ax.legend(fontsize=7)
+    return fig
 
 
 def seeing_figure(table: pd.DataFrame) -> Figure:

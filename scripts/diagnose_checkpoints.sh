@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Recompute "what each method sees" (mlc.diagnostics: pointing game and box energy of each method's
+# own map and of Grad-CAM, flip / scale consistency, the graph ablation, deletion / insertion and the
+# sanity checks) for the shipped checkpoints on the VOC 2007 val split, in place and without
+# retraining (the weights are never written), then rewrite their model cards from the new eval.json.
+#   scripts/diagnose_checkpoints.sh [VOC_ROOT] [CHECKPOINTS]        (nice it; ~1 h on 2 CPU cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:-../shared/data/voc2007}
+CKPT=${2:-checkpoints}
+for variant in $(python -c "from mlc.models import list_models; print(' '.join(list_models()))"); do
+  [ -d "$CKPT/$variant" ] || continue
+  if python -c "import json,sys; sys.exit(0 if json.load(open('$CKPT/$variant/eval.json')).get('diagnostics', {}).get('faithfulness') else 1)"; then
+    echo "$variant: done already"; continue   # resumable: a finished variant is skipped
+  fi
+  md5=$(md5sum "$CKPT/$variant/model.safetensors")
+  python -m train evaluate --model "$CKPT/$variant" --dataset voc2007 --data-root "$DATA" --split val \
+    --num-workers 2 --output "$CKPT/$variant/eval.json" --merge
+  echo "$md5" | md5sum -c --quiet   # the weights are untouched
+done
+python - "$CKPT" <<'PY'
+import json, sys
+from pathlib import Path
+
+import yaml
+
+from mlc.hub import model_card
+
+for folder in sorted(p for p in Path(sys.argv[1]).iterdir() if (p / "config.json").is_file()):
+    config = json.loads((folder / "config.json").read_text())
+    result = json.loads((folder / "eval.json").read_text())
+    train = yaml.safe_load((folder / "training_config.yaml").read_text()) if (folder / "training_config.yaml").is_file() else None
+    (folder / "README.md").write_text(model_card(config, result, train, result.get("split_info")))
+    print(f"{folder.name}: card rewritten")
+PY
