@@ -48,10 +48,12 @@ MAX_UPLOAD = f"{uploads.MAX_UPLOAD_BYTES // 2**20}mb"  # refused at upload, befo
 CACHE_SECONDS = (300, 1500)  # every 5 min, uploads and outputs older than 25 min are deleted: none lives over 30 min
 
 
-# Gradio's gallery takes one column count: on a phone, two maps a row instead of five side-scrolling
+# Gradio's gallery takes one column count: on a phone, two maps a row instead of five side-scrolling;
 PHONE_CSS = ("@media (max-width: 640px) { #explain-gallery .grid-container, #flip-gallery .grid-container "
              "{ grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } "
-             "#image-row { flex-direction: column !important; } #image-row > * { width: 100% !important; } }")
+             "#image-row { flex-direction: column !important; } #image-row > * { width: 100% !important; } } "
+             # wide tables scroll inside their own box instead of widening (or clipping) the page
+             ".table-wrap, .table-container { max-width: 100%; overflow-x: auto !important; }")
 
 def _intro(model_set: ModelSet) -> str:
     """The opening lines, from what is loaded (each variant's own ``summary``)."""
@@ -162,42 +164,47 @@ def build_demo(checkpoint_dir: str | Path | None = None, hub_repo: str | None = 
                 flip_gallery = gr.Gallery(label="flip maps", columns=3, height="auto", object_fit="contain", preview=False,
                                           elem_id="flip-gallery")
                 flip_table = gr.Dataframe(label="flip consistency per method", interactive=False, elem_id="flip-table")
-            with gr.Tab("Analysis") as analysis_tab:
-                ap_status = gr.Markdown(label="AP status", elem_id="ap-status")
-                seeds_table = gr.Dataframe(label="seeds and bootstrap intervals", interactive=False,
-                                           elem_id="seeds-table")
-                ap_table = gr.Dataframe(label="per-class AP", interactive=False, elem_id="ap-table")
-                ap_plot = gr.Image(label="per-class AP chart", type="filepath", elem_id="ap-plot", show_label=False)
-                with gr.Row():
-                    graph_method = gr.Dropdown(label="Label statistics of", allow_custom_value=True,
-                                               **_dropdown(stats_choice))
-                    tau = checked_by_handler(gr.Slider(0.0, 1.0, value=0.4, step=0.01, label="tau (threshold on P(j|i))"))
-                    p = checked_by_handler(gr.Slider(0.0, 1.0, value=0.25, step=0.01,
-                                                     label="p (weight shared by the neighbours)"))
-                graph_status = gr.Markdown(label="graph status", elem_id="graph-status")
-                with gr.Row():
-                    heatmap = gr.Image(label="co-occurrence heatmap", type="filepath", elem_id="heatmap")
-                    network = gr.Image(label="re-weighted graph", type="filepath", elem_id="network")
-                tsne_status = gr.Markdown(label="t-SNE status", elem_id="tsne-status")
-                tsne_plot = gr.Image(label="t-SNE of the classifiers", type="filepath", elem_id="tsne-plot")
-                gr.Markdown("### What the models see")
-                seeing_status = gr.Markdown(label="what the models see status", elem_id="seeing-status")
-                seeing_table = gr.Dataframe(label="localisation, flip consistency and the label graph's share",
-                                            interactive=False, elem_id="seeing-table")
-                seeing_plot = gr.Image(label="pointing game and box energy", type="filepath", elem_id="seeing-plot",
-                                       show_label=False)
-                faithfulness_plot = gr.Image(label="deletion and insertion curves", type="filepath",
-                                             elem_id="faithfulness-plot", show_label=False)
-                sanity_text = gr.Markdown(label="sanity checks", elem_id="sanity-checks")
-                graph_ap_table = gr.Dataframe(label="AP change per class from the label graph (pp)", interactive=False,
-                                              elem_id="graph-ap-table")
-                graph_ap_plot = gr.Image(label="AP change per class from the label graph", type="filepath",
-                                         elem_id="graph-ap-plot", show_label=False)
-                disagree_status = gr.Markdown(label="disagreement status", elem_id="disagree-status")
-                disagree_table = gr.Dataframe(label="where the methods disagree", interactive=False,
-                                              elem_id="disagree-table")
-                disagree_gallery = gr.Gallery(label="disputed images", columns=4, height="auto", preview=False, visible=False,
-                                              object_fit="contain", elem_id="disagree-gallery")
+            with gr.Tab("Analysis") as analysis_tab:  # collapsible sections: a short page, also on a phone
+                with gr.Accordion("Accuracy: per-class AP, seeds and intervals", open=True):
+                    ap_status = gr.Markdown(label="AP status", elem_id="ap-status")
+                    seeds_table = gr.Dataframe(label="seeds and bootstrap intervals", interactive=False,
+                                               elem_id="seeds-table")
+                    ap_table = gr.Dataframe(label="per-class AP", interactive=False, elem_id="ap-table")
+                    ap_plot = gr.Image(label="per-class AP chart", type="filepath", elem_id="ap-plot", show_label=False)
+                with gr.Accordion("The label graph", open=False):
+                    with gr.Row():
+                        graph_method = gr.Dropdown(label="Label statistics of", allow_custom_value=True,
+                                                   **_dropdown(stats_choice))
+                        tau = checked_by_handler(gr.Slider(0.0, 1.0, value=0.4, step=0.01, label="tau (threshold on P(j|i))"))
+                        p = checked_by_handler(gr.Slider(0.0, 1.0, value=0.25, step=0.01,
+                                                         label="p (weight shared by the neighbours)"))
+                    graph_status = gr.Markdown(label="graph status", elem_id="graph-status")
+                    with gr.Row():
+                        heatmap = gr.Image(label="co-occurrence heatmap", type="filepath", elem_id="heatmap")
+                        network = gr.Image(label="re-weighted graph", type="filepath", elem_id="network")
+                with gr.Accordion("The classifiers (t-SNE)", open=False):
+                    tsne_status = gr.Markdown(label="t-SNE status", elem_id="tsne-status")
+                    tsne_plot = gr.Image(label="t-SNE of the classifiers", type="filepath", elem_id="tsne-plot")
+                with gr.Accordion("What the models see: localisation, consistency, faithfulness", open=True):
+                    seeing_status = gr.Markdown(label="what the models see status", elem_id="seeing-status")
+                    seeing_table = gr.Dataframe(label="localisation, faithfulness, consistency and the label graph's share",
+                                                interactive=False, elem_id="seeing-table")
+                    seeing_plot = gr.Image(label="pointing game and box energy", type="filepath", elem_id="seeing-plot",
+                                           show_label=False)
+                    faithfulness_plot = gr.Image(label="deletion and insertion curves", type="filepath",
+                                                 elem_id="faithfulness-plot", show_label=False)
+                    sanity_text = gr.Markdown(label="sanity checks", elem_id="sanity-checks")
+                with gr.Accordion("What the label graph adds, per class", open=False):
+                    graph_ap_table = gr.Dataframe(label="AP change per class from the label graph (pp)",
+                                                  interactive=False, elem_id="graph-ap-table")
+                    graph_ap_plot = gr.Image(label="AP change per class from the label graph", type="filepath",
+                                             elem_id="graph-ap-plot", show_label=False)
+                with gr.Accordion("Where the methods disagree", open=False):
+                    disagree_status = gr.Markdown(label="disagreement status", elem_id="disagree-status")
+                    disagree_table = gr.Dataframe(label="where the methods disagree", interactive=False,
+                                                  elem_id="disagree-table")
+                    disagree_gallery = gr.Gallery(label="disputed images", columns=4, height="auto", preview=False,
+                                                  visible=False, object_fit="contain", elem_id="disagree-gallery")
 
         predict_io = dict(fn=handlers.predict, inputs=[image, threshold, top_k, thresholds, session],
                           outputs=[predict_status, table, chart, labels, labels_view], **busy)

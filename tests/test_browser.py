@@ -106,6 +106,16 @@ def test_upload_predict_and_every_tab(browser, url, shots, tmp_path):
                 shown: fit === 'contain' ? (img.naturalWidth * scale) / (img.naturalHeight * scale) : box.width / box.height};
     }""")
     assert abs(ratio["natural"] - 4 / 3) < 0.02 and abs(ratio["shown"] - 4 / 3) < 0.05, ratio
+    from mlc.serving.maps import COLOUR_BAR_TEXT_PX
+
+    shown = page.evaluate("""() => { const img = document.querySelector('#explain-gallery img');
+        return img.getBoundingClientRect().width / img.naturalWidth; }""")
+    assert COLOUR_BAR_TEXT_PX * shown >= 9, shown  # the colour bar's values readable where they are shown
+    page.locator("#explain-status").get_by_text("its own colour scale").wait_for()  # which scaling is on
+    page.get_by_label("shared").check()
+    page.locator("#explain-status").get_by_text("share one colour scale").wait_for()
+    page.get_by_label("grad-cam").check()
+    page.locator("#explain-status").get_by_text("Grad-CAM for every method").wait_for()
     page.screenshot(path=shots / "explain.png", full_page=True)
 
     page.get_by_role("tab", name="Flip").click()
@@ -118,8 +128,14 @@ def test_upload_predict_and_every_tab(browser, url, shots, tmp_path):
     page.get_by_role("tab", name="Analysis").click()
     page.locator("#ap-table").get_by_text("mAP", exact=True).first.wait_for()
     page.locator("#seeing-table").get_by_text("centre map", exact=True).first.wait_for()
+    folded = page.evaluate("document.documentElement.scrollHeight")
+    assert folded < 4000, folded  # collapsed sections: not the 5,900 px page it was
+    assert page.locator("#disagree-gallery").is_hidden()  # no data folder: no empty box on the public page
+    for section in ("The label graph", "The classifiers (t-SNE)", "What the label graph adds, per class",
+                    "Where the methods disagree"):
+        page.get_by_text(section, exact=True).click()
     page.locator("#disagree-table").get_by_text("labels split").first.wait_for()
-    for plot in ("#ap-plot", "#heatmap", "#network", "#tsne-plot", "#seeing-plot", "#graph-ap-plot"):
+    for plot in ("#ap-plot", "#heatmap", "#network", "#tsne-plot", "#seeing-plot", "#faithfulness-plot", "#graph-ap-plot"):
         page.locator(f"{plot} img").wait_for(state="attached")
         page.locator(f"{plot} img").scroll_into_view_if_needed()  # lazy images load when seen
         page.locator(f"{plot} img").wait_for()
@@ -149,8 +165,16 @@ def test_phone_layout(browser, url, shots):
     page.locator("#explain-gallery img").first.wait_for()
     boxes = [img.bounding_box() for img in page.locator("#explain-gallery img").all()]
     assert len(boxes) == 5 and all(b["x"] >= 0 and b["x"] + b["width"] <= 400 for b in boxes)  # no map off-screen
-    for tab in ("Flip", "Analysis", "Predict"):  # every tab reachable, none behind a menu
+    for tab in ("Flip", "Analysis"):  # every tab reachable, none behind a menu
         page.get_by_role("tab", name=tab).click()
+    page.locator("#seeing-table").get_by_text("centre map", exact=True).first.wait_for()
+    page.locator("#ap-table").get_by_text("mAP", exact=True).first.wait_for()
+    page.screenshot(path=shots / "phone_analysis.png", full_page=True)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 400 + 1  # wide tables scroll in their box
+    for table in ("#seeing-table", "#ap-table", "#seeds-table"):
+        box = page.locator(table).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 400 + 1, (table, box)
+    page.get_by_role("tab", name="Predict").click()
     page.screenshot(path=shots / "phone.png", full_page=True)
     page.close()
 

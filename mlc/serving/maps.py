@@ -106,24 +106,29 @@ FLIP_READING = (
 )
 
 
+COLOUR_BAR_FONT_SCALE = 0.9  # Hershey simplex: digits about 20 px high on the 448 px overlay
+COLOUR_BAR_TEXT_PX = 20  # so about 11 px in a five-column desktop gallery, where the overlay shows at ~250 px
+
+
 def _colour_bar(canvas: np.ndarray, high: float, label: str) -> np.ndarray:
     """Draw the JET scale (0 .. high) with its end values along the bottom edge, in place; the text
     is sized for the gallery, which shows a 448 px overlay at about half that width."""
     import cv2
 
     h, w = canvas.shape[:2]
-    bar_w, bar_h, text_h = min(200, w // 2), 12, 26
+    bar_w, bar_h, text_h = min(220, w // 2), 14, 8 + COLOUR_BAR_TEXT_PX
     x0, y0 = w - bar_w - 8, h - bar_h - text_h
     if x0 < 0 or y0 < 0:
         return canvas
     cv2.rectangle(canvas, (x0 - 6, y0 - 6), (w - 2, h - 2), (255, 255, 255), -1)
     ramp = cv2.applyColorMap(np.uint8(np.linspace(0, 255, bar_w))[None, :].repeat(bar_h, 0), cv2.COLORMAP_JET)
     canvas[y0:y0 + bar_h, x0:x0 + bar_w] = ramp[:, :, ::-1]
-    text = dict(fontFace=cv2.FONT_HERSHEY_SIMPLEX, fontScale=0.62, color=(0, 0, 0), thickness=2, lineType=cv2.LINE_AA)
+    text = dict(fontFace=cv2.FONT_HERSHEY_SIMPLEX, fontScale=COLOUR_BAR_FONT_SCALE, color=(0, 0, 0), thickness=2,
+                lineType=cv2.LINE_AA)
     cv2.putText(canvas, "0", (x0, h - 7), **text)
     end = f"{high:.3g} {label}"
     (tw, _), _ = cv2.getTextSize(end, text["fontFace"], text["fontScale"], text["thickness"])
-    cv2.putText(canvas, end, (max(x0 + 24, w - 6 - tw), h - 7), **text)
+    cv2.putText(canvas, end, (max(x0 + 30, w - 6 - tw), h - 7), **text)
     return canvas
 
 
