@@ -41,7 +41,6 @@ sets differ (the group report stores the top of it for the app's gallery).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -50,9 +49,16 @@ import torch
 from PIL import Image
 
 from mlc.data.base import MultiLabelDataset
+from mlc.diagnostics_record import Diagnostics
 from mlc.explain import explanations, flip_consistency, rescale, scale_consistency
 from mlc.faithfulness import DEFAULT_PAIRS, deletion_insertion
-from mlc.localization import POINTING_TOLERANCE, LocalizationTally, centre_map, random_map, score_map
+from mlc.localization import (
+    POINTING_TOLERANCE,
+    LocalizationTally,
+    centre_map,
+    random_map,
+    score_map,
+)
 from mlc.metrics import evaluate, nanmean
 from mlc.sanity import sanity_on_dataset
 
@@ -65,16 +71,6 @@ def _image_size(dataset: MultiLabelDataset, i: int) -> tuple[int, int]:
     with Image.open(dataset.image_paths[i]) as image:
         width, height = image.size
     return height, width
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
 
 
 @torch.no_grad()
@@ -181,9 +177,9 @@ def diagnose(
     if faithfulness_pairs:
         faithfulness = deletion_insertion(model, dataset, faithfulness_pairs, seed, device).to_dict()
         sanity = sanity_on_dataset(model, dataset, faithfulness_pairs, seed, device).to_dict()
-    result = _clean({"map": kind, "input_size": model.image_size, "map_size": map_size, "num_images": len(dataset),
-                     "localization": localization, "flip": consistency["flip"], "scale": consistency.get("scale"),
-                     "faithfulness": faithfulness, "sanity": sanity, "graph": graph})
+    result = Diagnostics(map=kind, input_size=model.image_size, map_size=map_size, num_images=len(dataset),
+                         localization=localization, flip=consistency["flip"], scale=consistency.get("scale"),
+                         faithfulness=faithfulness, sanity=sanity, graph=graph).to_dict()
     return (result, scores) if return_scores else result
 
 

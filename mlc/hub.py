@@ -13,7 +13,6 @@ split sizes, the metrics of ``eval.json``, the training config and the label gra
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -27,6 +26,7 @@ import yaml
 from huggingface_hub import CommitOperationAdd, HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
+from mlc.diagnostics_record import pct, pct_value, read_diagnostics
 from mlc.models.backbones import PACKAGED_LITES
 from mlc.models.base import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
 
@@ -81,13 +81,6 @@ class HubError(RuntimeError):
 
 
 # -- model card --------------------------------------------------------------------------------
-def _pct(value: Any) -> str:
-    """A fraction as a percentage with one decimal; "n/a" for undefined (None / nan)."""
-    if value is None or math.isnan(float(value)):
-        return "n/a"
-    return f"{100.0 * float(value):.1f}"
-
-
 def _plain(obj: Any) -> Any:
     """A YAML-safe copy (paths and tuples become str / list) with secret values redacted.
 
@@ -113,13 +106,6 @@ def _describe_variant(name: str, params: Mapping[str, Any], pooling: str) -> str
         return f"**{name}**: no description available for this variant."
 
 
-def _pct_value(value: Any) -> float | None:
-    """A fraction as a percentage rounded to 2 decimals (model-index values); None when undefined."""
-    if value is None or math.isnan(float(value)):
-        return None
-    return round(100.0 * float(value), 2)
-
-
 def model_index(name: str, eval_result: Mapping[str, Any] | None) -> list[dict[str, Any]] | None:
     """The card's ``model-index`` (the Hub's results widget): mAP, CF1 and OF1 at score >= 0.5, in
     percent, on the split eval.json names; None without metrics."""
@@ -130,8 +116,8 @@ def model_index(name: str, eval_result: Mapping[str, Any] | None) -> list[dict[s
               ("of1", "OF1 (score >= 0.5)", metrics.get("of1"), {"threshold": 0.5})]
     entries = []
     for kind, label, value, args in values:
-        if _pct_value(value) is not None:
-            entries.append({"type": kind, "name": label, "value": _pct_value(value), **({"args": args} if args else {})})
+        if pct_value(value, 2) is not None:
+            entries.append({"type": kind, "name": label, "value": pct_value(value, 2), **({"args": args} if args else {})})
     if not entries or not dataset:
         return None
     source = DATASETS.get(str(dataset))
@@ -182,14 +168,14 @@ def _thresholds_section(model_config: Mapping[str, Any], eval_result: Mapping[st
                   "| thresholds | CF1 | OF1 | macro F1 | exact match |", "|---|---:|---:|---:|---:|"]
         for label, key in (("0.5", "0.5"), ("per-class (tuned)", "tuned")):
             d = decisions[key]
-            lines.append(f"| {label} | {_pct(d.get('cf1'))} | {_pct(d.get('of1'))} | {_pct(d.get('macro_f1'))} "
-                         f"| {_pct(d.get('exact_match'))} |")
+            lines.append(f"| {label} | {pct(d.get('cf1'))} | {pct(d.get('of1'))} | {pct(d.get('macro_f1'))} "
+                         f"| {pct(d.get('exact_match'))} |")
     ood = (eval_result or {}).get("ood") or {}
     rate = cal.get("ood_flag_rate")
     lines += ["", f"Out-of-distribution rule: a photo is flagged when its `{cal.get('ood_score', 'n/a')}` score "
               f"(minus the sum over classes of softplus(logit)) exceeds {cal.get('ood_threshold', float('nan')):.3f}, "
-              f"set so that at most {_pct(rate)}% of the selection split is flagged"
-              + (f"; it flags {_pct(ood.get('flagged_fraction'))}% of the eval split." if ood else ".")]
+              f"set so that at most {pct(rate)}% of the selection split is flagged"
+              + (f"; it flags {pct(ood.get('flagged_fraction'))}% of the eval split." if ood else ".")]
     return lines + [""]
 
 
@@ -239,7 +225,7 @@ def _data_section(model_config: Mapping[str, Any], eval_result: Mapping[str, Any
             f"| eval ({split_info.get('eval_split', 'n/a')}) | {split_info.get('eval', 'n/a')} | "
             "the reported metrics only |",
             "",
-            f"The selection split is a random {_pct(split_info.get('selection_fraction'))}% of the training "
+            f"The selection split is a random {pct(split_info.get('selection_fraction'))}% of the training "
             f"images (seed {split_info.get('seed', 'n/a')}).",
         ]
     else:
@@ -266,14 +252,14 @@ def _metrics_section(model_config: Mapping[str, Any], eval_result: Mapping[str, 
         "",
         "| mAP (non-interpolated) | mAP (VOC interpolated) |",
         "|---:|---:|",
-        f"| {_pct(m('map'))} | {_pct(m('map_voc'))} |",
+        f"| {pct(m('map'))} | {pct(m('map_voc'))} |",
         "",
         "| predictions | CP | CR | CF1 | OP | OR | OF1 |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for label, keys in (("score >= 0.5", ("cp", "cr", "cf1", "op", "or_", "of1")),
                         ("top-3, score >= 0.5", ("cp_top3", "cr_top3", "cf1_top3", "op_top3", "or_top3", "of1_top3"))):
-        lines.append(f"| {label} | {' | '.join(_pct(m(k)) for k in keys)} |")
+        lines.append(f"| {label} | {' | '.join(pct(m(k)) for k in keys)} |")
     lines += ["", "### Per-class AP", ""]
     classes = m("classes") or model_config.get("classes") or []
     ap, ap_voc = m("ap") or [], m("ap_voc") or []
@@ -281,7 +267,7 @@ def _metrics_section(model_config: Mapping[str, Any], eval_result: Mapping[str, 
     counts = stats.get("counts") if stats.get("classes") == list(classes) else None
     lines += ["| class | AP | AP (VOC) | training images with the label |", "|---|---:|---:|---:|"]
     for i, name in enumerate(classes):
-        cells = [_pct(ap[i] if i < len(ap) else None), _pct(ap_voc[i] if i < len(ap_voc) else None),
+        cells = [pct(ap[i] if i < len(ap) else None), pct(ap_voc[i] if i < len(ap_voc) else None),
                  str(counts[i]) if counts else "n/a"]
         lines.append(f"| {name} | {' | '.join(cells)} |")
     absent = m("classes_without_positives") or []
@@ -303,7 +289,8 @@ def _graph_section(model_config: Mapping[str, Any]) -> list[str]:
 
 def _seeing_section(eval_result: Mapping[str, Any] | None) -> list[str]:
     """eval.json's "diagnostics" (``mlc.diagnostics``) in a few lines; nothing when absent."""
-    d = (eval_result or {}).get("diagnostics")
+    record = read_diagnostics(eval_result)  # the one reader: older records converted, newer refused
+    d = record.to_dict() if record is not None else None
     if not isinstance(d, dict):
         return []
 
@@ -369,7 +356,7 @@ def _faithfulness_lines(faith: Mapping[str, Any] | None, sanity: Mapping[str, An
         for name, entry in faith["maps"].items():
             label = {"own": f"own ({entry['kind']})", "grad-cam": "Grad-CAM"}.get(name, f"{name} map")
             win = beats.get(name)
-            cells = [" / ".join(_pct(win[c][ref]["value"]) for c in ("deletion", "insertion")) if win else "–"
+            cells = [" / ".join(pct(win[c][ref]["value"]) for c in ("deletion", "insertion")) if win else "–"
                      for ref in ("random", "centre")]
             lines.append(f"| {label} | {auc(entry['deletion'])} | {auc(entry['insertion'])} | {cells[0]} | {cells[1]} |")
         lines.append("")
@@ -619,7 +606,7 @@ def _variants_card(folders: Mapping[str, Path], repo_id: str) -> str:
     for variant, folder in folders.items():
         eval_path = folder / EVAL_NAME
         metrics = (json.loads(eval_path.read_text()).get("metrics") or {}) if eval_path.is_file() else {}
-        rows.append(f"| [{variant}]({variant}/) | {_pct(metrics.get('map'))} | {_pct(metrics.get('map_voc'))} "
+        rows.append(f"| [{variant}]({variant}/) | {pct(metrics.get('map'))} | {pct(metrics.get('map_voc'))} "
                     f'| `load_model("{repo_id}/{variant}")` |')
     meta = {"library_name": "mlc", "pipeline_tag": "image-classification", "tags": TAGS + list(folders)}
     return "\n".join([

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from mlc.diagnostics_record import num, pct
 from train.config import (
     ConfigError,
     TrainConfig,
@@ -314,11 +315,11 @@ def diagnostics_line(d: dict) -> str:
     loc, flip, graph = d.get("localization") or {}, d["flip"], d.get("graph")
     parts = [f"{d['map']} maps:"]
     if "method" in loc:
-        parts.append(f"pointing game {_pct(loc['method']['pointing'])} (random {_pct(loc['random']['pointing'])}, "
-                     f"centre {_pct(loc['centre']['pointing'])}), box energy {_pct(loc['method']['energy'])}")
+        parts.append(f"pointing game {pct(loc['method']['pointing'], 2, '%')} (random {pct(loc['random']['pointing'], 2, '%')}, "
+                     f"centre {pct(loc['centre']['pointing'], 2, '%')}), box energy {pct(loc['method']['energy'], 2, '%')}")
         if loc.get("grad_cam") and d["map"] != "Grad-CAM":
-            parts.append(f"Grad-CAM pointing game {_pct(loc['grad_cam']['pointing'])}, "
-                         f"box energy {_pct(loc['grad_cam']['energy'])}")
+            parts.append(f"Grad-CAM pointing game {pct(loc['grad_cam']['pointing'], 2, '%')}, "
+                         f"box energy {pct(loc['grad_cam']['energy'], 2, '%')}")
     parts.append(f"flip cosine {flip['cosine']:.3f}, L_A {flip['la']:.3g}" if flip["cosine"] is not None
                  else f"flip L_A {flip['la']:.3g}")
     scale = d.get("scale") or {}
@@ -328,26 +329,18 @@ def diagnostics_line(d: dict) -> str:
     if faith and faith.get("maps"):
         auc = {k: m["deletion"]["auc"]["value"] for k, m in faith["maps"].items()}
         ins = {k: m["insertion"]["auc"]["value"] for k, m in faith["maps"].items()}
-        parts.append(f"deletion AUC {_num(auc.get('own'))} (Grad-CAM {_num(auc.get('grad-cam', auc.get('own')))}, "
-                     f"random {_num(auc.get('random'))}, centre {_num(auc.get('centre'))}; lower is better), insertion AUC "
-                     f"{_num(ins.get('own'))} (random {_num(ins.get('random'))}, centre {_num(ins.get('centre'))}) "
+        parts.append(f"deletion AUC {num(auc.get('own'))} (Grad-CAM {num(auc.get('grad-cam', auc.get('own')))}, "
+                     f"random {num(auc.get('random'))}, centre {num(auc.get('centre'))}; lower is better), insertion AUC "
+                     f"{num(ins.get('own'))} (random {num(ins.get('random'))}, centre {num(ins.get('centre'))}) "
                      f"on {faith['pairs']} pairs in {faith['seconds']:.0f} s")
     if sanity and sanity.get("explainers"):
         own = sanity["explainers"]["own"]
-        parts.append(f"sanity: median |Spearman| with a randomised classifier {_num(own['model_randomization']['median_abs'])} "
+        parts.append(f"sanity: median |Spearman| with a randomised classifier {num(own['model_randomization']['median_abs'])} "
                      f"(map depends on the model: {_yes(own['depends_on_model'])}), present vs absent class "
-                     f"{_num(own['class_discrimination']['median'])} in {sanity['seconds']:.0f} s")
+                     f"{num(own['class_discrimination']['median'])} in {sanity['seconds']:.0f} s")
     if graph:
-        parts.append(f"mAP without the graph {_pct(graph['map_identity'])} ({100 * graph['difference']:+.2f} pp from it)")
+        parts.append(f"mAP without the graph {pct(graph['map_identity'], 2, '%')} ({100 * graph['difference']:+.2f} pp from it)")
     return " ".join(parts[:1]) + " " + "; ".join(parts[1:])
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
-
-
-def _num(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _yes(x: bool | None) -> str:

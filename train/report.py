@@ -43,7 +43,6 @@ percentage points); nan is written as null. Keys:
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from mlc.diagnostics_record import json_clean, num, pct, read_diagnostics
 from mlc.diagnostics import disagreement
 from mlc.metrics import bootstrap_versus_reference, seed_summary
 from mlc.formats import EVAL_FORMAT, check_format
@@ -108,10 +108,6 @@ def load_seed_runs(group_dir: Path) -> dict[str, list[SeedRun]]:
     return _ordered(runs)
 
 
-def _clean(x: Any) -> Any:
-    return None if isinstance(x, float) and math.isnan(x) else x
-
-
 def _rel(run: SeedRun, group_dir: Path) -> str:
     try:
         return run.run_dir.relative_to(group_dir).as_posix()
@@ -127,7 +123,7 @@ def seed_statistics(runs: dict[str, list[SeedRun]], group_dir: Path) -> dict[str
         for _, key in SEED_METRICS:
             values = [r.result["metrics"].get(key) for r in items]
             mean, std, n = seed_summary(values)
-            entry[key] = {"values": [_clean(v) for v in values], "mean": _clean(mean), "std": _clean(std), "n": n}
+            entry[key] = {"values": [json_clean(v) for v in values], "mean": json_clean(mean), "std": json_clean(std), "n": n}
         out[variant] = entry
     return out
 
@@ -145,7 +141,7 @@ def finetune_statistics(runs: dict[str, list[SeedRun]]) -> dict[str, dict] | Non
         for key, values in (("stage1_map", [a for a, _ in pairs]), ("final_map", [b for _, b in pairs]),
                             ("difference", [b - a for a, b in pairs])):
             mean, std, n = seed_summary(values)
-            entry[key] = {"values": values, "mean": _clean(mean), "std": _clean(std), "n": n}
+            entry[key] = {"values": values, "mean": json_clean(mean), "std": json_clean(std), "n": n}
         entry["finetune"] = items[0].result.get("backbone_trained")
         entry["minutes"] = [round(r.result.get("train_seconds", 0) / 60, 2) for r in items]
         out[variant] = entry
@@ -282,8 +278,8 @@ def seeds_analysis(group_dir: Path, num_samples: int = 1000, seed: int = 0, conf
         "seeds": seed_statistics(runs, group_dir),
         "finetune": finetune_statistics(runs),
         "bootstrap": bootstrap_comparisons(runs, group_dir, reference_model(), num_samples, seed, confidence),
-        "diagnostics": {v: items[0].result["diagnostics"] for v, items in runs.items()
-                        if isinstance(items[0].result.get("diagnostics"), dict)},
+        "diagnostics": {v: record.to_dict() for v, items in runs.items()
+                        if (record := read_diagnostics(items[0].result)) is not None},
         "disagreement": group_disagreement(runs),
     }
 
@@ -306,10 +302,6 @@ def group_disagreement(runs: dict[str, list[SeedRun]], top: int = 12) -> dict[st
     result = disagreement({v: d["scores"] for v, d in loaded.items()}, [str(i) for i in first["ids"]], classes,
                           first["targets"], top=top)
     return {"skipped": None, "left_out": missing, **result}
-
-
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}"
 
 
 def _pp(x: float, sign: bool = True) -> str:
@@ -426,34 +418,34 @@ def seeing_section(analysis: dict[str, Any], classes: list[str]) -> list[str]:
         lines.append(row("map", lambda n: diag[n].get("map", "")))
         if with_boxes:
             for label, key in (("pointing game (%)", "pointing"), ("box energy (%)", "energy")):
-                lines.append(row(label, lambda n, k=key: _pct((loc[n].get("method") or {}).get(k)),
-                                 (_pct(ref["random"].get(key)), _pct(ref["centre"].get(key)))))
+                lines.append(row(label, lambda n, k=key: pct((loc[n].get("method") or {}).get(k)),
+                                 (pct(ref["random"].get(key)), pct(ref["centre"].get(key)))))
             if any(loc[n].get("grad_cam") for n in with_boxes):
                 for label, key in (("pointing game, Grad-CAM (%)", "pointing"), ("box energy, Grad-CAM (%)", "energy")):
-                    lines.append(row(label, lambda n, k=key: _pct((loc[n].get("grad_cam") or {}).get(k)),
-                                     (_pct(ref["random"].get(key)), _pct(ref["centre"].get(key)))))
+                    lines.append(row(label, lambda n, k=key: pct((loc[n].get("grad_cam") or {}).get(k)),
+                                     (pct(ref["random"].get(key)), pct(ref["centre"].get(key)))))
             lines.append(row("positive pairs with boxes", lambda n: str((loc[n].get("method") or {}).get("pairs", ""))))
-        lines.append(row("flip cosine", lambda n: _num(diag[n]["flip"].get("cosine"), ".3f")))
-        lines.append(row("L_A (flip)", lambda n: _num(diag[n]["flip"].get("la"), ".3g")))
+        lines.append(row("flip cosine", lambda n: num(diag[n]["flip"].get("cosine"), ".3f")))
+        lines.append(row("L_A (flip)", lambda n: num(diag[n]["flip"].get("la"), ".3g")))
         if any(diag[n].get("scale") for n in names):
             size = next(diag[n]["scale"]["size"] for n in names if diag[n].get("scale"))
-            lines.append(row(f"scale cosine ({size} px)", lambda n: _num((diag[n].get("scale") or {}).get("cosine"), ".3f")))
-            lines.append(row("L_A (scale)", lambda n: _num((diag[n].get("scale") or {}).get("la"), ".3g")))
-        lines.append(row("mAP (%)", lambda n: _pct((diag[n].get("graph") or {}).get("map")) if diag[n].get("graph") else "–"))
-        lines.append(row("mAP, no graph (%)", lambda n: _pct(diag[n]["graph"]["map_identity"]) if diag[n].get("graph") else "–"))
+            lines.append(row(f"scale cosine ({size} px)", lambda n: num((diag[n].get("scale") or {}).get("cosine"), ".3f")))
+            lines.append(row("L_A (scale)", lambda n: num((diag[n].get("scale") or {}).get("la"), ".3g")))
+        lines.append(row("mAP (%)", lambda n: pct((diag[n].get("graph") or {}).get("map")) if diag[n].get("graph") else "–"))
+        lines.append(row("mAP, no graph (%)", lambda n: pct(diag[n]["graph"]["map_identity"]) if diag[n].get("graph") else "–"))
         lines.append(row("graph's share (pp)", lambda n: _pp(diag[n]["graph"]["difference"]) if diag[n].get("graph") else "–"))
         if with_boxes:
             lines += ["", "### Pointing game per class (%)", "",
                       "| class | " + " | ".join(with_boxes) + " | random map | centre map |",
                       "|---" * (len(with_boxes) + 3) + "|"]
             for c, cls in enumerate(classes):
-                cells = [_pct(loc[n]["method"]["per_class"]["pointing"][c]) for n in with_boxes]
-                cells += [_pct(ref[s]["per_class"]["pointing"][c]) for s in ("random", "centre")]
+                cells = [pct(loc[n]["method"]["per_class"]["pointing"][c]) for n in with_boxes]
+                cells += [pct(ref[s]["per_class"]["pointing"][c]) for s in ("random", "centre")]
                 lines.append(f"| {cls} | " + " | ".join(cells) + " |")
         lines += ["", "### Flip cosine per class (positive pairs)", "",
                   "| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         for c, cls in enumerate(classes):
-            lines.append(f"| {cls} | " + " | ".join(_num(diag[n]["flip"]["per_class"]["cosine"][c], ".3f")
+            lines.append(f"| {cls} | " + " | ".join(num(diag[n]["flip"]["per_class"]["cosine"][c], ".3f")
                                                      for n in names) + " |")
         lines += _faithfulness_table(diag)
         graphs = [n for n in names if diag[n].get("graph")]
@@ -472,7 +464,7 @@ def seeing_section(analysis: dict[str, Any], classes: list[str]) -> list[str]:
         methods = dis["methods"]
         lines += (["", "## Where the methods disagree", ""] if lines else ["## Where the methods disagree", ""])
         lines += [f"Predicted label sets at p ≥ {dis['threshold']}: every method predicts the same set on "
-                  f"{_pct(dis['agree_all'])}% of the {dis['num_images']} images. Mean Jaccard similarity of two methods' sets:", "",
+                  f"{pct(dis['agree_all'])}% of the {dis['num_images']} images. Mean Jaccard similarity of two methods' sets:", "",
                   "| | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
         for a in methods:
             lines.append(f"| {a} | " + " | ".join(f"{dis['pairwise_jaccard'][a][b]:.2f}" for b in methods) + " |")
@@ -495,7 +487,7 @@ def _faithfulness_table(diag: dict[str, Any]) -> list[str]:
     def auc(n: str, source: str, curve: str) -> str:
         maps = diag[n]["faithfulness"]["maps"]
         entry = maps.get(source) or (maps["own"] if source == "grad-cam" else None)  # ggnn's own map is Grad-CAM
-        return "n/a" if entry is None else _num(entry[curve]["auc"]["value"], ".3f")
+        return "n/a" if entry is None else num(entry[curve]["auc"]["value"], ".3f")
 
     def interval(n: str, curve: str) -> str:
         a = diag[n]["faithfulness"]["maps"]["own"][curve]["auc"]
@@ -503,11 +495,11 @@ def _faithfulness_table(diag: dict[str, Any]) -> list[str]:
 
     def wins(n: str, ref: str) -> str:
         b = diag[n]["faithfulness"]["beats"]["own"]
-        return f"{_pct(b['deletion'][ref]['value'])} / {_pct(b['insertion'][ref]['value'])}"
+        return f"{pct(b['deletion'][ref]['value'])} / {pct(b['insertion'][ref]['value'])}"
 
     def sanity(n: str, check: str, key: str) -> str:
         own = ((diag[n].get("sanity") or {}).get("explainers") or {}).get("own")
-        return "n/a" if own is None else _num(own[check][key], ".2f")
+        return "n/a" if own is None else num(own[check][key], ".2f")
 
     def depends(n: str) -> str:
         own = ((diag[n].get("sanity") or {}).get("explainers") or {}).get("own") or {}
@@ -550,10 +542,6 @@ def _faithfulness_table(diag: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _num(x, fmt: str) -> str:
-    return "n/a" if x is None else format(x, fmt)
-
-
 def comparison_report(results: dict[str, dict], title: str = "Run group", analysis: dict[str, Any] | None = None) -> str:
     """The markdown report; ``analysis`` (from ``seeds_analysis``) adds the "Seeds" section."""
     if not results:
@@ -571,7 +559,7 @@ def comparison_report(results: dict[str, dict], title: str = "Run group", analys
     for label, key in rows:
         values = [results[n]["metrics"][key] for n in names]
         best = max(v for v in values if v is not None)
-        cells = [f"**{_pct(v)}**" if v == best else _pct(v) for v in values]
+        cells = [f"**{pct(v)}**" if v == best else pct(v) for v in values]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("| selected epoch | " + " | ".join(str(results[n].get("selected_epoch", "")) for n in names) + " |")
     lines.append("| train time (min) | " + " | ".join(f"{results[n].get('train_seconds', 0) / 60:.1f}" for n in names) + " |")
@@ -591,9 +579,9 @@ def comparison_report(results: dict[str, dict], title: str = "Run group", analys
         values = [results[n]["metrics"]["ap"][i] for n in names]
         present = [v for v in values if v is not None]
         best = max(present) if present else None
-        cells = [f"**{_pct(v)}**" if v is not None and v == best else _pct(v) for v in values]
+        cells = [f"**{pct(v)}**" if v is not None and v == best else pct(v) for v in values]
         lines.append(f"| {cls} | " + " | ".join(cells) + " |")
-    lines.append("| **mAP** | " + " | ".join(_pct(results[n]["metrics"]["map"]) for n in names) + " |")
+    lines.append("| **mAP** | " + " | ".join(pct(results[n]["metrics"]["map"]) for n in names) + " |")
     missing = first["metrics"].get("classes_without_positives") or []
     if missing:
         lines += ["", f"Classes without positives in this split (left out of mAP): {', '.join(missing)}."]

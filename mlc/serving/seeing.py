@@ -19,6 +19,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
+from mlc.diagnostics_record import num, pct_value, read_diagnostics
 from mlc.serving.errors import RequestError
 from mlc.serving.maps import display_array
 from mlc.serving.model_set import ModelSet
@@ -46,12 +47,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def _diagnostics(model_set: ModelSet) -> dict[str, dict]:
-    return {name: m.evaluation["diagnostics"] for name, m in model_set.methods.items()
-            if m.evaluation is not None and isinstance(m.evaluation.get("diagnostics"), dict)}
+    """Each method's diagnostics record, read once through ``mlc.diagnostics_record``."""
+    records = {name: read_diagnostics(m.evaluation) for name, m in model_set.methods.items()}
+    return {name: record.to_dict() for name, record in records.items() if record is not None}
 
 
 def _pct(x: Any) -> float:
-    return np.nan if x is None else round(100 * float(x), 1)
+    value = pct_value(x)
+    return np.nan if value is None else value
 
 
 def seeing_table(model_set: ModelSet) -> tuple[str, pd.DataFrame | None]:
@@ -117,16 +120,12 @@ def sanity_lines(model_set: ModelSet) -> str:
         depends = own.get("depends_on_model")
         lines.append(f"- **{md(name)}** ({md(own.get('kind', '?'))}): map depends on the model: "
                      f"**{'yes' if depends else 'no' if depends is not None else 'n/a'}** (median |Spearman| with "
-                     f"its classifier re-drawn {_num(rand.get('median_abs'))}); present vs absent class: median "
-                     f"Spearman {_num(disc.get('median'))} (near 1: the map hardly depends on the class)")
+                     f"its classifier re-drawn {num(rand.get('median_abs'), '+.2f')}); present vs absent class: median "
+                     f"Spearman {num(disc.get('median'), '+.2f')} (near 1: the map hardly depends on the class)")
     if not lines:
         return ""
     return ("**Sanity checks** (Adebayo et al. 2018; a faithful map changes when the model's classifier is "
             "re-drawn, and differs between classes):\n" + "\n".join(lines))
-
-
-def _num(x: Any) -> str:
-    return "n/a" if x is None else f"{float(x):+.2f}"
 
 
 def has_faithfulness(model_set: ModelSet) -> bool:
