@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mlc.models import reference_model  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.distributed import DistEnv, pick_device  # noqa: E402
 from train.engine import Trainer  # noqa: E402
@@ -85,7 +86,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--dataset", default="voc2007")
-    parser.add_argument("--variants", "--variant", nargs="+", default=["baseline"])
+    parser.add_argument("--variants", "--variant", nargs="+", default=None,
+                        help="default: the registry's reference variant")
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--batch-sizes", "--batch-size", nargs="+", type=int, default=[32])
     parser.add_argument("--image-size", type=int, default=224)
@@ -104,7 +106,7 @@ def main() -> None:
     autocast = False
     for batch_size in args.batch_sizes:
         per_worker = None
-        for variant in args.variants:
+        for variant in args.variants or [reference_model()]:
             trainer = build_trainer(args, variant, batch_size, device)
             autocast = trainer.autocast
             stage = trainer.stages[1]

@@ -82,9 +82,9 @@ def test_a_wrong_image_type_gets_a_message(url, value, expected):
 
 # -- 4. data URLs -------------------------------------------------------------------------------------
 def test_a_data_url_over_the_cap_is_refused_before_decoding(url):
-    import app
+    from mlc.serving import uploads
 
-    body = "data:image/jpeg;base64," + "A" * (4 * (app.uploads.MAX_UPLOAD_BYTES // 3 + 1024))
+    body = "data:image/jpeg;base64," + "A" * (4 * (uploads.MAX_UPLOAD_BYTES // 3 + 1024))
     kind, message = call(url, "predict", [{"url": body}, 0.5, 5, "global"])
     assert kind == "error" and "the limit is 15 MB" in message, message
     huge = body + "A" * (8 * 2**20)  # past the request cap: refused while it arrives, before parsing

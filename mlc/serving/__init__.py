@@ -6,9 +6,10 @@
 - ``runtime``: threads and memory of the serving process;
 - ``fair_queue``: Gradio's queue, fair between visitors;
 - ``text``, ``predict``, ``maps``, ``analysis``: the views (tables, HTML, overlays, figures);
-- ``handlers``: the app's endpoints over those views (Gradio errors, validated inputs).
+- ``handlers``: the app's endpoints over those views (Gradio errors, validated inputs);
+- ``server``: the queue, the request limits, where it listens, and ``launch``.
 
-Everything but ``uploads``, ``fair_queue`` and ``handlers`` is free of Gradio, so it is tested and
+Everything but ``uploads``, ``fair_queue``, ``components``, ``handlers`` and ``server`` is free of Gradio, so it is tested and
 benchmarked without a server; ``app.py`` lays out the page and wires events to the handlers.
 """
 from mlc.serving.analysis import (  # noqa: F401
