@@ -205,7 +205,7 @@ def test_a_greedy_client_is_capped_served_round_robin_and_abandoned_jobs_are_dro
     key = lambda request: request.headers.get("x-client", "anonymous")  # noqa: E731 (every test client is 127.0.0.1)
     with serve(launch_kwargs={"client_key": key}, model_set=models) as url:
         queue = serve.demo._queue
-        queue.grace = 0.5
+        queue.grace = 60.0  # nobody counts as gone while the requests are set up on a loaded machine
         uploaded = httpx.post(f"{url}gradio_api/upload",
                               files={"files": ("p.jpg", photo.read_bytes(), "image/jpeg")}).json()[0]
         body = {"data": [{"path": uploaded}, 0.5, 5, "global"]}
@@ -244,7 +244,13 @@ def test_a_greedy_client_is_capped_served_round_robin_and_abandoned_jobs_are_dro
             gone = post("gone").status_code  # sends a job and never listens for its result
             assert gone == 200
             assert waiting() == ["greedy", "visitor", "gone", "greedy"]  # round-robin: after one job of each
-            time.sleep(queue.grace + 0.2)  # past the grace the leaver had to open its stream
+            listening = {e._id for q in queue.event_queue_per_concurrency_id.values() for e in q.queue
+                         if queue._owners.get(e._id) != "gone"}
+            while not listening <= set(queue.tracker.open) and time.monotonic() < deadline + 60:
+                time.sleep(0.02)  # every visitor that listens has its result stream open
+            queue.grace = 0.2
+            while queue.dropped == 0 and time.monotonic() < deadline + 90:
+                time.sleep(0.02)  # the leaver, who never opened one, is dropped before it runs
         for thread in listeners:
             thread.join(timeout=120)
         assert all(results[n][0] == "complete" for n in results), results
