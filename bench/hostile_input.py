@@ -22,7 +22,7 @@ from PIL import Image
 
 from app_process import ROOT, app_process  # bench/ is on sys.path when a bench runs as a script
 
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the raw-HTTP helper of the hostile-input tests
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the raw-HTTP helper and header bombs of the hostile-input tests
 
 
 def status_kb(pid: int, field: str) -> int:
@@ -30,15 +30,6 @@ def status_kb(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
-
-
-def jpeg_declaring(width: int, height: int, progressive: bool) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), (120, 30, 30)).save(buffer, "JPEG", progressive=progressive)
-    data = bytearray(buffer.getvalue())
-    marker = data.find(b"\xff\xc2" if progressive else b"\xff\xc0")
-    struct.pack_into(">HH", data, marker + 5, height, width)
-    return bytes(data)
 
 
 def png(width: int, height: int, depth: int) -> bytes:
@@ -73,6 +64,8 @@ def photo(width: int, height: int, progressive: bool = False) -> bytes:
 
 
 def cases() -> list[tuple[str, str, object]]:
+    from test_app_hostile import jpeg_declaring
+
     """(name, kind, content): kind "file" is uploaded, "path" and "data" are sent as the payload."""
     example = (ROOT / "examples" / "living_room.jpg").read_bytes()
     return [
