@@ -29,12 +29,13 @@ def wait_for(url: str, proc: subprocess.Popen, timeout: float = 180) -> float:
         if proc.poll() is not None:
             raise SystemExit(f"the app exited: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            if httpx.get(url, timeout=60).status_code == 200:  # a short timeout piles up renders of a slow first page
                 return time.perf_counter() - start
         except httpx.HTTPError:
             pass
         time.sleep(0.05)
-    raise SystemExit("the app did not start")
+    proc.terminate()
+    raise SystemExit(f"the app did not answer {url} in {timeout:.0f} s: {proc.communicate(timeout=30)[1][-2000:]}")
 
 
 @contextmanager
