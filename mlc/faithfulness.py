@@ -52,6 +52,17 @@ def sample_present_pairs(labels: np.ndarray, num_pairs: int, seed: int = 0) -> l
     return [(int(i), int(c)) for i, c in zip(rows, cols)]
 
 
+def prepare_pairs(model, dataset, num_pairs: int, seed: int, device: torch.device) -> tuple[Any, Any, list[tuple[int, int]]]:
+    """(the model on ``device`` in eval mode, the dataset under the model's test transform, the seeded
+    present pairs): what deletion / insertion and the sanity checks both start from."""
+    from mlc.data import build_transforms
+
+    model = model.to(device).eval()
+    norm = model.normalization
+    data = dataset.with_transform(build_transforms(model.image_size, train=False, mean=norm.mean, std=norm.std))
+    return model, data, sample_present_pairs(dataset.labels, num_pairs, seed)
+
+
 def blur(images: torch.Tensor, sigma: float = BLUR_SIGMA_PX) -> torch.Tensor:
     """Gaussian blur of an image batch (B, 3, H, W), separable, reflect padding; the kernel spans
     3 sigma each side, at most the image."""
@@ -201,14 +212,9 @@ def deletion_insertion(model, dataset, num_pairs: int = DEFAULT_PAIRS, seed: int
                        sigma: float = BLUR_SIGMA_PX, explainers: Sequence[str] = EXPLAINERS) -> Faithfulness:
     """Deletion and insertion of the model's maps (own and Grad-CAM) and the two reference maps on
     ``num_pairs`` seeded present (image, class) pairs of ``dataset`` (its test transform applied)."""
-    from mlc.data import build_transforms
-
     start = time.perf_counter()
     device = torch.device(device)
-    model = model.to(device).eval()
-    norm = model.normalization
-    data = dataset.with_transform(build_transforms(model.image_size, train=False, mean=norm.mean, std=norm.std))
-    pairs = sample_present_pairs(dataset.labels, num_pairs, seed)
+    model, data, pairs = prepare_pairs(model, dataset, num_pairs, seed, device)
     rng = np.random.default_rng([seed, 2])
     aucs: dict[str, dict[str, list[float]]] = {}
     curves: dict[str, dict[str, list[np.ndarray]]] = {}

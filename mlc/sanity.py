@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mlc.explain import EXPLAINERS, explanations
-from mlc.faithfulness import DEFAULT_PAIRS, sample_present_pairs
+from mlc.faithfulness import DEFAULT_PAIRS, prepare_pairs
 
 DEPENDS_BELOW = 0.5  # median |Spearman| under which a map "depends on the model"
 
@@ -133,14 +133,9 @@ def sanity_checks(model, images: torch.Tensor, labels: np.ndarray, pairs: Sequen
 def sanity_on_dataset(model, dataset, num_pairs: int = DEFAULT_PAIRS, seed: int = 0,
                       device: str | torch.device = "cpu", explainers: Sequence[str] = EXPLAINERS) -> Sanity:
     """``sanity_checks`` on ``num_pairs`` seeded present pairs of ``dataset`` (its test transform applied)."""
-    from mlc.data import build_transforms
-
     start = time.perf_counter()
     device = torch.device(device)
-    model = model.to(device).eval()
-    norm = model.normalization
-    data = dataset.with_transform(build_transforms(model.image_size, train=False, mean=norm.mean, std=norm.std))
-    pairs = sample_present_pairs(dataset.labels, num_pairs, seed)
+    model, data, pairs = prepare_pairs(model, dataset, num_pairs, seed, device)
     order = sorted({i for i, _ in pairs})
     if not order:
         return Sanity(pairs=0, seed=seed, randomized=[n for n, _ in model.randomization_parameters()],
