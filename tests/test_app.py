@@ -62,7 +62,7 @@ def write_checkpoints(root: Path, seed: int = 0) -> Path:
         scores = rng.random(targets.shape).astype(np.float32)
         report = evaluate(scores, targets, VOC_CLASSES)
         evaluation = {"model_name": name, "dataset": "voc2007", "split": "test", "num_images": 50,
-                      "metrics": report.to_dict(), "diagnostics": diagnose(model.eval(), val, batch_size=12)}
+                      "metrics": report.to_dict(), "diagnostics": diagnose(model.eval(), val, batch_size=12, faithfulness_pairs=6)}
         (root / name / "eval.json").write_text(json.dumps(evaluation))
         np.savez(root / name / "eval_scores.npz", scores=scores, targets=targets, ids=np.array(ids))
     from train.report import write_report
@@ -626,6 +626,7 @@ def loading_client(checkpoints):
         yield url
 
 
+@pytest.mark.slow
 def test_visitor_loads_models_for_their_session_only(loading_client, checkpoints, tmp_path, photo):
     from gradio_client import Client
 
