@@ -12,7 +12,7 @@ from PIL import Image
 from mlc.explain import EXPLAINERS, explanation_maps, flip_consistency, map_to_image, normalize_map, overlay
 from mlc.serving.errors import RequestError
 from mlc.serving.model_set import ModelSet
-from mlc.serving.predict import _score_table
+from mlc.serving.predict import _score_table, class_thresholds
 
 
 DISPLAY_SIDE = 448  # overlays are drawn at this size
@@ -59,14 +59,13 @@ def class_maps(model_set: ModelSet, image: Image.Image, class_name: str | None,
     mean_scores = _score_table(model_set, {n: r[0] for n, r in results.items()}).mean(axis=1)
     chosen = resolve_class(model_set, class_name, mean_scores)
     maps = []
+    thresholds = class_thresholds(model_set, None)  # each method's own (per-class where it has them)
     for name, (logits, per_class, kind) in results.items():
         model = model_set.methods[name].model
         if chosen in model.classes:
             c = model.classes.index(chosen)
-            calibration = getattr(model, "calibration", None)
-            threshold = calibration.thresholds[calibration.classes.index(chosen)] if (
-                calibration is not None and chosen in calibration.classes) else 0.5
-            maps.append(ClassMap(name, kind, per_class[0, c].cpu().numpy(), float(torch.sigmoid(logits[0, c])), threshold))
+            maps.append(ClassMap(name, kind, per_class[0, c].cpu().numpy(), float(torch.sigmoid(logits[0, c])),
+                                 thresholds[name].get(chosen, 0.5)))
     return chosen, maps
 
 
