@@ -8,7 +8,8 @@
 #   scripts/train_voc2007_cpu_v2.sh [run] [extra flags for python -m train fit]   train what is left, then the report
 #   scripts/train_voc2007_cpu_v2.sh status                                      which runs are done
 #   scripts/train_voc2007_cpu_v2.sh ship                                        copy the first seed into checkpoints/
-# DATA (default ../shared/data/voc2007-full), SEEDS (3), OUT (runs) may be set in the environment.
+# DATA (default ../shared/data/voc2007-full), SEEDS (3), OUT (runs) and VARIANTS ("baseline ggnn ssgrl mlgcn
+# gcam", the order they train in) may be set in the environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIGS=train/configs/voc2007-cpu-v2
@@ -16,7 +17,7 @@ DATA=${DATA:-../shared/data/voc2007-full}
 SEEDS=${SEEDS:-3}
 OUT=${OUT:-runs}
 GROUP=voc2007-cpu-v2
-VARIANTS=(baseline ggnn ssgrl mlgcn gcam)
+read -ra VARIANTS <<< "${VARIANTS:-baseline ggnn ssgrl mlgcn gcam}"  # the order they train in
 ACTION=${1:-run}
 [[ $# -gt 0 ]] && shift
 
