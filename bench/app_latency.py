@@ -87,7 +87,7 @@ def main() -> None:
     all_threads = len(os.sched_getaffinity(0))
     model_set = serving.ModelSet.load(args.checkpoints)
     if not model_set.methods:
-        raise SystemExit(f"no model loads from {args.checkpoints}: {model_set.errors}")
+        raise SystemExit(f"no model loads from {args.checkpoints}: {model_set.problems}")
     name = reference_model() if reference_model() in model_set.methods else model_set.names[0]
     # the reference as a plain model: its own copy, not the set's shared bottom
     reference = serving.ModelSet.load(args.checkpoints).methods[name].model.eval()
