@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mlc.data.factory import build_dataset, infer_kind  # noqa: E402
-from mlc.models import load_model  # noqa: E402
-from mlc.serving import model_input  # noqa: E402
+from mlc.data.factory import build_dataset, infer_kind
+from mlc.models import load_model
+from mlc.serving import model_input
 
 
 def main() -> None:
