@@ -26,6 +26,7 @@ for name in ${RUNS:-wd1e-3 lr1e-4}; do
     wd1e-3) run ssgrl-wd1e-3 ssgrl --weight-decay 1e-3 ;;
     lr1e-4) run ssgrl-lr1e-4 ssgrl --stage1-lr 1e-4 --stage1-min-lr 1e-5 ;;
     shipped) run ssgrl-shipped ssgrl ;;
+    dropout0) run ssgrl-dropout0 ssgrl --model-param dropout=0.0 ;;  # no dropout on the class features
     steps0) run ssgrl-steps0 ssgrl --model-param steps=0 ;;  # no semantic interaction: h^c = Pi f^c
     # the baseline with average pooling: SSGRL's decoupled features are close to the global average
     # (cosine 0.89 on val), so it is the baseline SSGRL reduces to when its attention does not decouple
