@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from mlc import serving
-from mlc.models import reference_model
+from mlc.models import load_model, reference_model
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -89,8 +89,7 @@ def main() -> None:
     if not model_set.methods:
         raise SystemExit(f"no model loads from {args.checkpoints}: {model_set.problems}")
     name = reference_model() if reference_model() in model_set.methods else model_set.names[0]
-    # the reference as a plain model: its own copy, not the set's shared bottom
-    reference = serving.ModelSet.load(args.checkpoints).methods[name].model.eval()
+    reference = load_model(args.checkpoints / name).eval()  # a plain model, not the set's shared bottom
     photos = photos_under(args.photos)
     images = [serving.load_image(p).image for p in photos]
     inputs = [serving.model_input(im, reference) for im in images]

@@ -18,11 +18,14 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from app_process import (  # bench/ is on sys.path when a bench runs as a script
+    ROOT,
+    app_process,
+)
 from PIL import Image
 
-from app_process import ROOT, app_process  # bench/ is on sys.path when a bench runs as a script
-
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the raw-HTTP helper and header bombs of the hostile-input tests
+from test_app_hostile import call, jpeg_declaring
 
 
 def status_kb(pid: int, field: str) -> int:
@@ -64,8 +67,6 @@ def photo(width: int, height: int, progressive: bool = False) -> bytes:
 
 
 def cases() -> list[tuple[str, str, object]]:
-    from test_app_hostile import jpeg_declaring
-
     """(name, kind, content): kind "file" is uploaded, "path" and "data" are sent as the payload."""
     example = (ROOT / "examples" / "living_room.jpg").read_bytes()
     return [
@@ -88,8 +89,6 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
     args = parser.parse_args()
     import httpx
-
-    from test_app_hostile import call
 
     prepared = cases()
     with app_process(args.checkpoints) as (proc, url, _):
