@@ -44,3 +44,43 @@ def test_status_tells_done_partial_and_missing_runs(tmp_path):
     assert "partial" in lines["ggnn/1"] and "7 epoch" in lines["ggnn/1"]
     assert "to do" in lines["gcam/1"] and len(lines) == 2 * len(VARIANTS)
     assert "1 of 10 runs done" in out.stdout and "1 finished tensor(s), 1 chunk(s)" in out.stdout
+
+
+def test_parallel_workers_share_the_runs_without_repeating_one(tmp_path):
+    """`run` with WORKERS=2: every run is trained exactly once (each claimed by a flock), a finished
+    run is skipped, and the report comes once all are done. `python -m train` is a stand-in here that
+    logs its call, holds the run a moment and writes eval.json; anything else goes to real Python."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "calls.log"
+    real = subprocess.run(["bash", "-c", "command -v python"], capture_output=True, text=True).stdout.strip()
+    (fake / "python").write_text(f"""#!/usr/bin/env bash
+if [[ "$1 $2 $3" == "-m train fit" ]]; then
+  args=" $* "; variant=$(sed 's/.* --variant \\([^ ]*\\) .*/\\1/' <<< "$args")
+  seed=$(sed 's/.* --seed \\([^ ]*\\) .*/\\1/' <<< "$args"); group=$(sed 's/.* --group \\([^ ]*\\) .*/\\1/' <<< "$args")
+  echo "fit $seed $variant threads=$OMP_NUM_THREADS" >> {log}
+  sleep 0.3
+  mkdir -p "$OUT/$group/$variant"
+  echo '{{"selected_epoch": 1, "metrics": {{"map": 0.5}}, "train_seconds": 60}}' > "$OUT/$group/$variant/eval.json"
+elif [[ "$1 $2 $3" == "-m train report" ]]; then
+  echo "report" >> {log}
+else
+  exec {real} "$@"
+fi
+""")
+    (fake / "python").chmod(0o755)
+    out_dir = tmp_path / "runs"
+    (out_dir / "voc2007-cpu-v2" / "ggnn").mkdir(parents=True)  # seed 0 of ggnn is done already
+    (out_dir / "voc2007-cpu-v2" / "ggnn" / "eval.json").write_text(json.dumps(
+        {"selected_epoch": 1, "metrics": {"map": 0.5}, "train_seconds": 60}))
+    env = {**os.environ, "OUT": str(out_dir), "SEEDS": "2", "WORKERS": "2", "PATH": f"{fake}:{os.environ['PATH']}"}
+    out = subprocess.run(["bash", str(SCRIPT), "run"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    calls = log.read_text().splitlines()
+    fits = sorted(line.rsplit(" ", 1)[0] for line in calls if line.startswith("fit"))
+    expected = sorted(f"fit {seed} {v}" for seed in range(2) for v in VARIANTS if (seed, v) != (0, "ggnn"))
+    assert fits == expected  # each once, the finished one not at all
+    threads = {line.rsplit("=", 1)[1] for line in calls if line.startswith("fit")}
+    assert threads == {str(max(1, len(os.sched_getaffinity(0)) // 2))}  # the cores split between the two
+    assert calls[-1] == "report" and calls.count("report") == 1
+    assert "10 of 10 runs done" in out.stdout

@@ -498,3 +498,40 @@ def test_cache_extraction_killed_midway_resumes_at_the_first_missing_chunk(tmp_p
     assert calls == [[8, 9]]  # only the missing chunk
     torch.testing.assert_close(whole, data * 2)
     assert (tmp_path / "k.pt").is_file() and not list(tmp_path.glob("k.chunk*"))
+
+
+def test_cache_needed_by_two_workers_at_once_is_computed_once(tmp_path):
+    """Parallel workers of the CPU recipe may need the same cache together: the second waits for the
+    first's result instead of extracting the same maps again (minutes each on a CPU)."""
+    import threading
+
+    from train.features import cached_tensor
+
+    first_started, release, second_computed = threading.Event(), threading.Event(), threading.Event()
+    calls: list[str] = []
+    results: dict[str, torch.Tensor] = {}
+
+    def slow():  # the first worker's extraction, held open until the second has asked too
+        calls.append("first")
+        first_started.set()
+        release.wait(timeout=60)
+        return torch.ones(3, 2)
+
+    def fast():
+        calls.append("second")
+        second_computed.set()
+        return torch.zeros(3, 2)
+
+    first = threading.Thread(target=lambda: results.setdefault("first", cached_tensor(tmp_path, "k", slow)))
+    second = threading.Thread(target=lambda: results.setdefault("second", cached_tensor(tmp_path, "k", fast)))
+    first.start()
+    assert first_started.wait(timeout=60)
+    second.start()
+    # without a lock the second computes now; with it, it waits for the first
+    second_computed.wait(timeout=2)
+    release.set()
+    first.join(timeout=60)
+    second.join(timeout=60)
+    assert calls == ["first"]
+    torch.testing.assert_close(results["second"], torch.ones(3, 2))
+    torch.testing.assert_close(torch.load(tmp_path / "k.pt", weights_only=True), torch.ones(3, 2))

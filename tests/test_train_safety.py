@@ -3,6 +3,7 @@ would run code, a group that leaves the output folder, a device that is not ther
 holding an earlier run, stale feature caches, and `train evaluate` on a single CSV file."""
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -175,7 +176,8 @@ def test_cache_key_changes_with_every_input(voc_root, tmp_path):
     from mlc.data import build_dataset, build_transforms
     from train.features import cache_key
 
-    dataset = build_dataset("voc2007", voc_root, "val").with_transform(build_transforms(64, train=False))
+    root = shutil.copytree(voc_root, tmp_path / "voc")  # its own copy: one image is replaced below
+    dataset = build_dataset("voc2007", root, "val").with_transform(build_transforms(64, train=False))
     base = dict(weights="tiny:abc", part="full", image_size=64, dataset=dataset, view="image", view_size=64)
     key = cache_key(**base)
     other = build_transforms(64, train=False, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -184,8 +186,22 @@ def test_cache_key_changes_with_every_input(voc_root, tmp_path):
     keys = [cache_key(**{**base, **change}) for change in variants]
     assert key == cache_key(**base) and key not in keys and len(set(keys)) == len(keys)
     image = Path(dataset.image_paths[0])
-    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))  # the file was replaced
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))  # copied again, same bytes
+    assert cache_key(**base) == key
+    image.write_bytes(image.read_bytes() + b"\0")  # the file was replaced by another
     assert cache_key(**base) != key
+
+
+def test_cache_key_survives_a_copy_of_the_dataset(voc_root, tmp_path):
+    """Re-provisioned or moved data (same bytes, new paths and times) keeps its cache."""
+    from mlc.data import build_dataset, build_transforms
+    from train.features import cache_key
+
+    copy = tmp_path / "copy"
+    shutil.copytree(voc_root, copy, copy_function=shutil.copyfile)  # new modification times, another folder
+    keys = [cache_key("tiny:abc", "full", 64, build_dataset("voc2007", root, "val").with_transform(
+        build_transforms(64, train=False)), "image", 64) for root in (voc_root, copy)]
+    assert keys[0] == keys[1]
 
 
 # -- item 14: `train evaluate` on a single CSV file scores the held-out rows ------------------

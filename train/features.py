@@ -10,12 +10,15 @@ a variant's loss needs (G-CAM's mirrored and rescaled images) are cached beside 
 The cache key names everything the cached maps depend on: the backbone and a hash of the cached
 part's weights (so a fine-tuned backbone, or other weights under the same name, can never share a
 key), the part, the image size, the test transform (resize, normalization), the precision, the
-images (path, size, modification time) and the view.
+images (their bytes, hashed: a copy of the dataset with new modification times, or moved
+elsewhere, keeps its cache; a changed file does not) and the view.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -54,13 +57,21 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> SHA-1, once per process
+
+
 def _image_fingerprint(path: Path) -> list:
-    """A cached image is recomputed when its file changes (size or modification time)."""
+    """An image's identity in a cache key: its size and the SHA-1 of its bytes (VOC 2007, 148 MB:
+    ~0.3 s per run). Not its path or modification time: re-provisioned data (the same files copied
+    again) would otherwise re-extract every cache, hours on a CPU."""
     try:
         stat = path.stat()
+        memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if memo not in _FINGERPRINTS:
+            _FINGERPRINTS[memo] = hashlib.sha1(path.read_bytes()).hexdigest()
     except OSError:  # unreadable: the dataset's own read will say so
         return [str(path), None, None]
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    return [stat.st_size, _FINGERPRINTS[memo]]
 
 
 def cache_key(weights: str, part: str, image_size: int, dataset: MultiLabelDataset, view: str, view_size: int | None,
@@ -103,17 +114,40 @@ def extract_view(
 
 
 def cached_tensor(cache_dir: Path, key: str, compute) -> torch.Tensor:
-    """Load ``<cache_dir>/<key>.pt`` or compute and store it (shared by the variants of a group)."""
+    """Load ``<cache_dir>/<key>.pt`` or compute and store it (shared by the variants of a group).
+    Processes that need the same key at once (parallel workers of a CPU recipe) compute it once:
+    the others wait on ``<key>.lock`` and then read it."""
     path = cache_dir / f"{key}.pt"
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)
-    tensor = compute()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{id(tensor)}.tmp")
-    torch.save(tensor, tmp)
-    tmp.replace(path)
-    remove_chunks(cache_dir, key)  # the partial results of a chunked computation, now in the whole
+    with _exclusive(cache_dir / f"{key}.lock"):
+        if path.is_file():  # another process stored it while this one waited
+            return torch.load(path, map_location="cpu", weights_only=True)
+        tensor = compute()
+        tmp = path.with_suffix(f".{os.getpid()}.{id(tensor)}.tmp")
+        torch.save(tensor, tmp)
+        tmp.replace(path)
+        remove_chunks(cache_dir, key)  # the partial results of a chunked computation, now in the whole
     return tensor
+
+
+@contextmanager
+def _exclusive(lock: Path):
+    """An exclusive lock on ``lock`` for the block, released when the process ends (flock); none
+    where the platform has no flock (Windows): there two workers may compute a key twice (the same
+    maps, each stored atomically)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover  (not on Windows)
+        yield
+        return
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 CHUNK_IMAGES = 256  # images per cache chunk: what a kill during the extraction can cost at most
