@@ -31,11 +31,27 @@ run_dir() {  # seed variant -> the run's folder (as `train all --seeds` lays the
 
 status() {
   python - "$OUT/$GROUP" "$SEEDS" "${VARIANTS[@]}" <<'PY'
-import json, sys
+import fcntl, json, sys
 from pathlib import Path
 import torch
 group, seeds, variants = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 done = 0
+
+
+def claimed(seed, variant):
+    """Whether a worker holds this run's lock (it is training now)."""
+    lock = group / ".locks" / f"seed{seed}-{variant}.lock"
+    if not lock.is_file():
+        return False
+    with lock.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 print(f"{group}: run, state, epochs, val mAP, minutes")
 for seed in range(seeds):
     for variant in variants:
@@ -48,9 +64,10 @@ for seed in range(seeds):
                   f"mAP {100 * result['metrics']['map']:.2f}  {result['train_seconds'] / 60:.0f} min")
         elif (run / "checkpoint.pt").is_file():
             state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
-            print(f"  {name:18} partial  {state['epoch']} epoch(s) trained (resumes there)")
+            print(f"  {name:18} partial  {state['epoch']} epoch(s) trained"
+                  f"{' (training now)' if claimed(seed, variant) else ' (resumes there)'}")
         else:
-            print(f"  {name:18} to do")
+            print(f"  {name:18} {'training now (no epoch yet)' if claimed(seed, variant) else 'to do'}")
 cache = group / "feature_cache"
 whole = sorted(cache.glob("*.pt")) if cache.is_dir() else []
 chunks = [p for p in whole if ".chunk" in p.name]

@@ -1,5 +1,6 @@
 """scripts/train_voc2007_cpu_v2.sh: its configs resolve to what it promises, and its status
 command tells done, partial and missing runs apart (the recipe spans sessions)."""
+import fcntl
 import json
 import os
 import subprocess
@@ -36,12 +37,17 @@ def test_status_tells_done_partial_and_missing_runs(tmp_path):
     (group / "feature_cache").mkdir()
     torch.save(torch.zeros(1), group / "feature_cache" / "abc.pt")
     torch.save(torch.zeros(1), group / "feature_cache" / "def.chunk0000-of-0002.pt")
-    out = subprocess.run(["bash", str(SCRIPT), "status"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "OUT": str(tmp_path), "SEEDS": "2"})
+    (group / ".locks").mkdir()
+    (group / ".locks" / "seed0-ggnn.lock").touch()  # left by a worker that has ended: not running
+    with (group / ".locks" / "seed1-mlgcn.lock").open("a") as held:  # a worker training it now
+        fcntl.flock(held, fcntl.LOCK_EX)
+        out = subprocess.run(["bash", str(SCRIPT), "status"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "OUT": str(tmp_path), "SEEDS": "2"})
     assert out.returncode == 0, out.stderr
     lines = {line.split()[2] + "/" + line.split()[1]: line for line in out.stdout.splitlines() if line.startswith("  seed")}
     assert "done" in lines["baseline/0"] and "88.12" in lines["baseline/0"] and "30 min" in lines["baseline/0"]
-    assert "partial" in lines["ggnn/1"] and "7 epoch" in lines["ggnn/1"]
+    assert "partial" in lines["ggnn/1"] and "7 epoch" in lines["ggnn/1"] and "resumes there" in lines["ggnn/1"]
+    assert "training now" in lines["mlgcn/1"] and "to do" in lines["ggnn/0"]
     assert "to do" in lines["gcam/1"] and len(lines) == 2 * len(VARIANTS)
     assert "1 of 10 runs done" in out.stdout and "1 finished tensor(s), 1 chunk(s)" in out.stdout
 
