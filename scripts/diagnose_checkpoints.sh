@@ -3,12 +3,14 @@
 # own map and of Grad-CAM, flip / scale consistency, the graph ablation, deletion / insertion and the
 # sanity checks) for the shipped checkpoints on the VOC 2007 val split, in place and without
 # retraining (the weights are never written), then rewrite their model cards from the new eval.json.
-#   scripts/diagnose_checkpoints.sh [VOC_ROOT] [CHECKPOINTS]        (nice it; ~1 h on 2 CPU cores)
+#   scripts/diagnose_checkpoints.sh [VOC_ROOT] [CHECKPOINTS]        (nice it; ~1 h on 2 CPU cores at 224 px)
+# VARIANTS="..." diagnoses only those (e.g. two invocations with OMP_NUM_THREADS=1 and half the
+# variants each share 2 cores); a variant whose eval.json has its diagnostics is skipped (resumable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/voc2007}
 CKPT=${2:-checkpoints}
-for variant in $(python -c "from mlc.models import list_models; print(' '.join(list_models()))"); do
+for variant in ${VARIANTS:-$(python -c "from mlc.models import list_models; print(' '.join(list_models()))")}; do
   [ -d "$CKPT/$variant" ] || continue
   if python -c "import json,sys; sys.exit(0 if json.load(open('$CKPT/$variant/eval.json')).get('diagnostics', {}).get('faithfulness') else 1)"; then
     echo "$variant: done already"; continue   # resumable: a finished variant is skipped
