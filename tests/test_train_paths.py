@@ -535,3 +535,22 @@ def test_cache_needed_by_two_workers_at_once_is_computed_once(tmp_path):
     assert calls == ["first"]
     torch.testing.assert_close(results["second"], torch.ones(3, 2))
     torch.testing.assert_close(torch.load(tmp_path / "k.pt", weights_only=True), torch.ones(3, 2))
+
+
+def test_a_stage_holds_only_its_own_cached_maps(voc_root, tmp_path, monkeypatch):
+    """Stage 2 of a top-block fine-tune reads bottom maps: the whole-backbone maps of stage 1 (GBs at
+    448 px, every view of G-CAM) are freed when it starts, not held beside them."""
+    from train.engine import Trainer
+
+    held: dict[int, set] = {}
+    train_epoch = Trainer.train_epoch
+
+    def recording(self, stage, epoch):  # what the epoch left in memory
+        result = train_epoch(self, stage, epoch)
+        held.setdefault(stage.index, set()).update(k if isinstance(k, str) else k[0] for k in self._feature_cache)
+        return result
+
+    monkeypatch.setattr(Trainer, "train_epoch", recording)
+    args = tiny_args(voc_root, tmp_path, "stages", stage1_epochs=1, stage2_epochs=1, finetune="top:3")
+    assert main(["fit", "--variant", "gcam", *args]) == 0
+    assert held[1] and held[2] and not held[1] & held[2]
