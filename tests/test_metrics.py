@@ -18,6 +18,7 @@ from mlc.metrics import (
     mean_average_precision,
     paired_bootstrap,
     resampled_map,
+    seed_interval,
     seed_summary,
     threshold_metrics,
     weighted_average_precision,
@@ -425,3 +426,10 @@ def test_decision_metrics_by_hand_and_bad_thresholds():
     assert decision_metrics(scores, targets, [0.35, 0.5]).exact_match == 1.0
     with pytest.raises(ValueError, match="one per class"):
         decision_metrics(scores, targets, [0.5, 0.5, 0.5])
+
+
+def test_seed_interval_is_students_t_over_seeds() -> None:
+    # mean 0.2, sample std 0.1, n 3: half-width t(0.975, 2) * 0.1 / sqrt(3) = 4.302653 * 0.057735 = 0.248414
+    low, high = seed_interval([0.1, 0.2, None, 0.3])
+    assert low == pytest.approx(0.2 - 0.248414, abs=1e-6) and high == pytest.approx(0.2 + 0.248414, abs=1e-6)
+    assert all(math.isnan(x) for x in seed_interval([0.7]))

@@ -93,6 +93,9 @@ def test_seed_section_and_report_json(tmp_path: Path) -> None:
         assert entry["map"]["std"] == pytest.approx(np.std(maps, ddof=1), abs=1e-12)
         assert entry["map"]["n"] == 2 and set(entry) == {"seeds", "runs", "map", "cf1", "of1"}
         assert f"{100 * np.mean(maps):.2f} ± {100 * np.std(maps, ddof=1):.2f} (n=2)" in md
+        half = 12.706205 * np.std(maps, ddof=1) / np.sqrt(2)  # t(0.975, 1 degree of freedom)
+        assert (entry["map"]["low"], entry["map"]["high"]) == pytest.approx((np.mean(maps) - half, np.mean(maps) + half), abs=1e-6)
+        assert f"[{100 * (np.mean(maps) - half):.2f}, {100 * (np.mean(maps) + half):.2f}]" in md
         cf1 = [json.loads((group / r / "eval.json").read_text())["metrics"]["cf1"] for r in entry["runs"]]
         assert entry["cf1"]["mean"] == pytest.approx(np.mean(cf1)) and entry["of1"]["n"] == 2
 

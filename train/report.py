@@ -19,7 +19,8 @@ percentage points); nan is written as null. Keys:
 - ``variants``: variant names in report order.
 - ``seeds``: ``{variant: {"seeds": [int or null, ...], "runs": [run folder relative to the group,
   ...], "map" | "cf1" | "of1": {"values": [...one per run...], "mean": float, "std": float or null
-  (sample std, ddof=1; null with one seed), "n": int}}}``; runs are ordered first seed first, then
+  (sample std, ddof=1; null with one seed), "n": int, "low" | "high": the 95% Student-t interval of
+  the mean over seeds (null with one seed)}}}``; runs are ordered first seed first, then
   ``seed<S>`` folders by S.
 - ``finetune``: null, or ``{variant: {"stage1_map" | "final_map" | "difference": {"values", "mean",
   "std", "n"}, "finetune": the trained backbone part, "minutes": [per run]}}`` from eval.json's
@@ -52,7 +53,7 @@ import numpy as np
 
 from mlc.diagnostics_record import json_clean, num, pct, read_diagnostics
 from mlc.diagnostics import disagreement
-from mlc.metrics import bootstrap_versus_reference, seed_summary
+from mlc.metrics import bootstrap_versus_reference, seed_interval, seed_summary
 from mlc.formats import EVAL_FORMAT, check_format
 from mlc.models import list_models, reference_model
 
@@ -123,7 +124,9 @@ def seed_statistics(runs: dict[str, list[SeedRun]], group_dir: Path) -> dict[str
         for _, key in SEED_METRICS:
             values = [r.result["metrics"].get(key) for r in items]
             mean, std, n = seed_summary(values)
-            entry[key] = {"values": [json_clean(v) for v in values], "mean": json_clean(mean), "std": json_clean(std), "n": n}
+            low, high = seed_interval(values)
+            entry[key] = {"values": [json_clean(v) for v in values], "mean": json_clean(mean), "std": json_clean(std), "n": n,
+                          "low": json_clean(low), "high": json_clean(high)}
         out[variant] = entry
     return out
 
@@ -320,7 +323,8 @@ def seeds_section(analysis: dict[str, Any]) -> list[str]:
     if not names:
         return []
     lines = ["## Seeds", "",
-             "Over training seeds, in percent: mean ± sample standard deviation (n = number of seeds).", "",
+             "Over training seeds, in percent: mean ± sample standard deviation (n = number of seeds); the "
+             "interval of the mean is Student's t over seeds (`mlc.metrics.seed_interval`).", "",
              "| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for label, key in SEED_METRICS:
         cells = []
@@ -333,6 +337,10 @@ def seeds_section(analysis: dict[str, Any]) -> list[str]:
             else:
                 cells.append(f"{100 * m['mean']:.2f} ± {100 * m['std']:.2f} (n={m['n']})")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        if label == "mAP" and any(stats[n][key].get("low") is not None for n in names):
+            lines.append("| mAP, 95% interval of the mean over seeds | " + " | ".join(
+                "n/a" if stats[n][key].get("low") is None else f"[{100 * stats[n][key]['low']:.2f}, {100 * stats[n][key]['high']:.2f}]"
+                for n in names) + " |")
     lines.append("| seeds | " + " | ".join(
         ", ".join("n/a" if s is None else str(s) for s in stats[n]["seeds"]) for n in names) + " |")
     single = [n for n in names if len(stats[n]["runs"]) < 2]
