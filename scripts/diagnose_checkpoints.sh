@@ -10,8 +10,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/voc2007}
 CKPT=${2:-checkpoints}
-for variant in ${VARIANTS:-$(python -c "from mlc.models import list_models; print(' '.join(list_models()))")}; do
-  [ -d "$CKPT/$variant" ] || continue
+ALL=$(python -c "from mlc.models import list_models; print(' '.join(list_models()))")
+read -ra CHOSEN <<< "${VARIANTS:-$ALL}"
+for variant in "${CHOSEN[@]}"; do
+  [[ " $ALL " == *" $variant "* ]] || { echo "VARIANTS: no variant named $variant (there are: $ALL)" >&2; exit 2; }
+done
+DONE=()
+for variant in "${CHOSEN[@]}"; do
+  [ -d "$CKPT/$variant" ] || { echo "$variant: no checkpoint in $CKPT, skipped"; continue; }
+  DONE+=("$variant")
   if python -c "import json,sys; sys.exit(0 if json.load(open('$CKPT/$variant/eval.json')).get('diagnostics', {}).get('faithfulness') else 1)"; then
     echo "$variant: done already"; continue   # resumable: a finished variant is skipped
   fi
@@ -20,7 +27,7 @@ for variant in ${VARIANTS:-$(python -c "from mlc.models import list_models; prin
     --num-workers 2 --output "$CKPT/$variant/eval.json" --merge
   echo "$md5" | md5sum -c --quiet   # the weights are untouched
 done
-python - "$CKPT" <<'PY'
+python - "$CKPT" "${DONE[@]}" <<'PY'
 import json, sys
 from pathlib import Path
 
@@ -28,7 +35,8 @@ import yaml
 
 from mlc.hub import model_card
 
-for folder in sorted(p for p in Path(sys.argv[1]).iterdir() if (p / "config.json").is_file()):
+# only this invocation's variants: another one (VARIANTS halves) may be writing its own eval.json now
+for folder in sorted(Path(sys.argv[1]) / name for name in sys.argv[2:]):
     config = json.loads((folder / "config.json").read_text())
     result = json.loads((folder / "eval.json").read_text())
     train = yaml.safe_load((folder / "training_config.yaml").read_text()) if (folder / "training_config.yaml").is_file() else None

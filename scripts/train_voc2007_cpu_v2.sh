@@ -80,19 +80,26 @@ PY
 case "$ACTION" in
   status) status ;;
   run)
-    workers=${WORKERS:-$(nproc)}
-    threads=$(( $(nproc) / workers )); (( threads > 0 )) || threads=1
+    cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # GNU nproc obeys OMP_NUM_THREADS
+    workers=${WORKERS:-$cores}
+    [[ $workers =~ ^[1-9][0-9]*$ ]] || { echo "WORKERS=$workers: must be a whole number of 1 or more" >&2; exit 2; }
+    threads=$(( cores / workers )); (( threads > 0 )) || threads=1
     mkdir -p "$OUT/$GROUP/.locks"
+    pids=()
+    trap 'kill "${pids[@]}" 2>/dev/null' EXIT INT TERM  # no orphaned workers holding runs when this ends
     for ((w = 0; w < workers; w++)); do
       OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads bash "$SELF" worker "$@" &
+      pids+=($!)
     done
     failed=0
-    for ((w = 0; w < workers; w++)); do wait -n || failed=1; done
+    for pid in "${pids[@]}"; do wait "$pid" || failed=1; done  # each by its pid: `wait -n` can lose a status
+    trap - EXIT INT TERM
     (( failed == 0 )) || { echo "a worker failed: see above; run it again to resume" >&2; exit 1; }
     python -m train report "$OUT/$GROUP"
     status
     ;;
   worker)  # one pass over every run not done and not claimed by another worker
+    mkdir -p "$OUT/$GROUP/.locks"
     for ((seed = 0; seed < SEEDS; seed++)); do
       for variant in "${VARIANTS[@]}"; do
         dir=$(run_dir "$seed" "$variant")
@@ -100,7 +107,8 @@ case "$ACTION" in
         group=$GROUP; [[ $seed == 0 ]] || group="$GROUP/seed$seed"
         # as `train all --seeds`: one cache for the group, diagnostics for the first seed only
         (
-          flock -n 9 || exit 0  # another worker has it
+          # claimed by another worker (still held after 5 s: `status` only peeks at a lock for an instant)
+          flock -w 5 -E 75 9 || { rc=$?; (( rc == 75 )) && exit 0; echo "flock failed ($rc): is util-linux installed?" >&2; exit "$rc"; }
           [[ -f "$dir/eval.json" ]] && exit 0  # it finished while this worker waited
           echo "worker $$: seed $seed $variant (threads ${OMP_NUM_THREADS:-default})"
           python -m train fit --config-dir "$CONFIGS" --variant "$variant" --data-root "$DATA" --output-dir "$OUT" \

@@ -90,3 +90,17 @@ fi
     assert threads == {str(max(1, len(os.sched_getaffinity(0)) // 2))}  # the cores split between the two
     assert calls[-1] == "report" and calls.count("report") == 1
     assert "10 of 10 runs done" in out.stdout
+
+
+@pytest.mark.parametrize("workers", ["0", "two", "-1"])
+def test_a_worker_count_that_is_not_a_positive_number_is_refused_in_one_line(tmp_path, workers):
+    out = subprocess.run(["bash", str(SCRIPT), "run"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "OUT": str(tmp_path), "WORKERS": workers})
+    assert out.returncode == 2 and out.stderr.strip() == f"WORKERS={workers}: must be a whole number of 1 or more"
+    assert not (tmp_path / "voc2007-cpu-v2").exists()
+
+
+def test_diagnose_script_refuses_an_unknown_variant_before_any_work(tmp_path):
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "diagnose_checkpoints.sh"), str(tmp_path), str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "VARIANTS": "gcam gcamm"})
+    assert out.returncode == 2 and out.stderr.startswith("VARIANTS: no variant named gcamm (there are: baseline")

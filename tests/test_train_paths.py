@@ -554,3 +554,16 @@ def test_a_stage_holds_only_its_own_cached_maps(voc_root, tmp_path, monkeypatch)
     args = tiny_args(voc_root, tmp_path, "stages", stage1_epochs=1, stage2_epochs=1, finetune="top:3")
     assert main(["fit", "--variant", "gcam", *args]) == 0
     assert held[1] and held[2] and not held[1] & held[2]
+
+
+def test_extracting_a_cache_leaves_the_global_rng_alone(voc_root):
+    """A run that extracts its cache must draw the same dropout and sampling as one that reads it."""
+    from mlc.data import build_dataset, build_transforms
+    from train.features import extract_view
+
+    dataset = build_dataset("voc2007", voc_root, "val").with_transform(build_transforms(32, train=False))
+    torch.manual_seed(0)
+    extract_view(lambda x: x.mean((2, 3)), lambda x: x, dataset, torch.device("cpu"), 4, 0)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    torch.testing.assert_close(after, torch.rand(3))

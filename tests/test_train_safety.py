@@ -188,7 +188,9 @@ def test_cache_key_changes_with_every_input(voc_root, tmp_path):
     image = Path(dataset.image_paths[0])
     os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))  # copied again, same bytes
     assert cache_key(**base) == key
-    image.write_bytes(image.read_bytes() + b"\0")  # the file was replaced by another
+    data = bytearray(image.read_bytes())
+    data[-3] ^= 0xFF  # the file was replaced by another of the same size: only its bytes tell
+    image.write_bytes(bytes(data))
     assert cache_key(**base) != key
 
 

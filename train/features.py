@@ -100,11 +100,14 @@ def extract_view(
     """``part(view(images))`` for every image, in dataset order, as float32 on the CPU.
 
     The dataset's transform must be deterministic (test transform), or the cache is not exact.
+    The loader has its own generator: a DataLoader otherwise draws its base seed from torch's global
+    RNG, so a run that extracts a cache would train on other random draws (dropout, sampling) than
+    one that reads it from disk.
     """
     from tqdm import tqdm
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", generator=torch.Generator())
     chunks = []
     for images, _ in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         images = view(images.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
