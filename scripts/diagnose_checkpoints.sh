@@ -15,10 +15,10 @@ read -ra CHOSEN <<< "${VARIANTS:-$ALL}"
 for variant in "${CHOSEN[@]}"; do
   [[ " $ALL " == *" $variant "* ]] || { echo "VARIANTS: no variant named $variant (there are: $ALL)" >&2; exit 2; }
 done
-DONE=()
+PRESENT=()  # the chosen variants that have a checkpoint: their cards are rewritten
 for variant in "${CHOSEN[@]}"; do
   [ -d "$CKPT/$variant" ] || { echo "$variant: no checkpoint in $CKPT, skipped"; continue; }
-  DONE+=("$variant")
+  PRESENT+=("$variant")
   if python -c "import json,sys; sys.exit(0 if json.load(open('$CKPT/$variant/eval.json')).get('diagnostics', {}).get('faithfulness') else 1)"; then
     echo "$variant: done already"; continue   # resumable: a finished variant is skipped
   fi
@@ -27,7 +27,7 @@ for variant in "${CHOSEN[@]}"; do
     --num-workers 2 --output "$CKPT/$variant/eval.json" --merge
   echo "$md5" | md5sum -c --quiet   # the weights are untouched
 done
-python - "$CKPT" "${DONE[@]}" <<'PY'
+python - "$CKPT" "${PRESENT[@]}" <<'PY'
 import json, sys
 from pathlib import Path
 

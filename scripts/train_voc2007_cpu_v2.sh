@@ -84,7 +84,6 @@ case "$ACTION" in
     workers=${WORKERS:-$cores}
     [[ $workers =~ ^[1-9][0-9]*$ ]] || { echo "WORKERS=$workers: must be a whole number of 1 or more" >&2; exit 2; }
     threads=$(( cores / workers )); (( threads > 0 )) || threads=1
-    mkdir -p "$OUT/$GROUP/.locks"
     pids=()
     trap 'kill "${pids[@]}" 2>/dev/null' EXIT INT TERM  # no orphaned workers holding runs when this ends
     for ((w = 0; w < workers; w++)); do

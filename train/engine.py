@@ -167,10 +167,7 @@ class Trainer(FeatureStore, Checkpointing, Evaluation):
 
     def enter_stage(self, stage: Stage) -> None:
         cfg = self.config
-        # the previous stage's maps (stage 1: whole-backbone maps of every view, GBs at 448 px) are
-        # not what this stage reads: free them (a later use reads them back from the disk cache).
-        # Held on, they took G-CAM's stage 2 at Lite2 448 px to 14.5 GB and out of memory.
-        self._feature_cache.clear()
+        self.release_features()  # the previous stage's maps are not what this one reads
         params = self.trainable_parameters(stage)
         if stage.index == 2:
             self.trained_part = stage.trained_part

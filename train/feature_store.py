@@ -67,6 +67,12 @@ class FeatureStore:
         labels = self.splits.evaluation.labels if rows is None else self.splits.train.labels[rows]
         return FeatureSet(views=maps, targets=torch.from_numpy(labels.astype(np.float32)))
 
+    def release_features(self) -> None:
+        """Free the maps held in memory; a later use reads them back from the disk cache. Called on
+        entering a stage: stage 1's whole-backbone maps of every view (GBs at 448 px), held beside
+        stage 2's, took G-CAM at Lite2 448 px to 14.5 GB and out of memory."""
+        self._feature_cache.clear()
+
     def view_features(self, dataset, view: str, cut: int | None, model: MultiLabelModel, trained: str | None) -> str:
         """Compute (or read) one view's cached maps; returns their key in ``self._feature_cache``."""
         cfg = self.config
