@@ -251,3 +251,42 @@ def test_only_the_first_seed_computes_the_diagnostics(tmp_path):
     runs = seed_configs(TrainConfig(seeds=3, seed=5, group="g", output_dir=str(tmp_path)))
     assert [(r.seed, r.group, r.diagnostics) for r in runs] == [(5, "g", True), (6, "g/seed6", False), (7, "g/seed7", False)]
     assert not any(r.diagnostics for r in seed_configs(TrainConfig(seeds=2, diagnostics=False)))
+
+
+@pytest.mark.slow
+def test_diagnose_script_carries_checkpoint_diagnostics_into_the_group_report(trained_group, tmp_path):
+    """scripts/diagnose_checkpoints.sh with GROUP: a shipped checkpoint's diagnostics go into its run's
+    eval.json (same weights only) and the group's report is redone into the checkpoints folder."""
+    import shutil
+
+    group, ckpt = tmp_path / "e2e", tmp_path / "checkpoints"
+    shutil.copytree(trained_group, group)
+    diagnostics = {}
+    for variant in VARIANTS:
+        shutil.copytree(group / variant / "model", ckpt / variant)
+        run_eval = group / variant / "eval.json"
+        result = json.loads(run_eval.read_text())
+        diagnostics[variant] = result.pop("diagnostics")  # as a shipped run's was before the diagnostics pass
+        run_eval.write_text(json.dumps(result))
+        assert json.loads((ckpt / variant / "eval.json").read_text())["diagnostics"]["faithfulness"]  # done: skipped
+    shutil.copy(ckpt / "baseline" / "model.safetensors", ckpt / "ggnn" / "model.safetensors")  # not ggnn's run
+    (group / "report.md").unlink(missing_ok=True)
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "diagnose_checkpoints.sh"), str(tmp_path / "no-data"), str(ckpt)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "GROUP": str(group)})
+    assert out.returncode == 0, out.stderr
+    for variant in VARIANTS:
+        run_result = json.loads((group / variant / "eval.json").read_text())
+        if variant == "ggnn":
+            assert "diagnostics" not in run_result and "holds other weights" in out.stdout
+        else:
+            assert run_result["diagnostics"] == json.loads((ckpt / variant / "eval.json").read_text())["diagnostics"]
+    report = (ckpt / "REPORT.md").read_text()
+    assert report == (group / "report.md").read_text() and "## What the models see" in report
+    assert set(json.loads((ckpt / "report.json").read_text())["diagnostics"]) == set(VARIANTS) - {"ggnn"}
+
+
+def test_diagnose_script_refuses_a_missing_group(tmp_path):
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "diagnose_checkpoints.sh"), str(tmp_path), str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "GROUP": str(tmp_path / "nowhere")})
+    assert out.returncode == 2 and out.stderr.strip() == f"GROUP: no run group folder {tmp_path / 'nowhere'}"
