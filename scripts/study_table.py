@@ -1,12 +1,15 @@
 """A Markdown table of a study's runs (one folder each, as scripts/study_ssgrl.sh lays them out):
 selection mAP (what decides), the epoch it peaked at, the named classes' AP on the selection split,
-and val mAP (reported, never used to choose).
+and val mAP (reported, never used to choose). Runs named ``<change>-s<seed>`` (SEEDS) are also
+compared with ``ssgrl-shipped-s<seed>``, the shipped settings on the same seed and so the same
+selection split: a second table gives each change's mean paired difference over its seeds.
 
 Usage: python scripts/study_table.py RUNS_DIR [CLASS ...]
 """
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -21,8 +24,10 @@ def main() -> None:
     root, names = Path(sys.argv[1]), sys.argv[2:]
     head = ["run", "selection mAP", "peak epoch / trained", *(f"{c} AP (selection, n)" for c in names), "val mAP"]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for run in sorted(p for p in root.iterdir() if (p / "eval.json").is_file()):
-        result = json.loads((run / "eval.json").read_text())
+    runs = sorted(p for p in root.iterdir() if (p / "eval.json").is_file())
+    results = {run.name: json.loads((run / "eval.json").read_text()) for run in runs}
+    for run in runs:
+        result = results[run.name]
         metrics = result["metrics"]
         scores = np.load(run / SELECTION_SCORES)
         ap = average_precision(scores["logits"], scores["targets"])
@@ -34,6 +39,30 @@ def main() -> None:
         epochs = len(json.loads((run / "metrics.json").read_text())) if (run / "metrics.json").is_file() else "?"
         print(f"| {run.name} | {100 * result['selection_map']:.2f} | {result['selected_epoch']} / {epochs} | "
               + " | ".join(cells) + f" | {100 * metrics['map']:.2f} |")
+    paired = paired_differences(results)
+    if paired:
+        print("\n| change | seeds | selection mAP - shipped (per seed) | mean | val mAP - shipped (mean) |\n|---|---|---|---|---|")
+        for change, rows in paired.items():
+            sel = [100 * d for _, d, _ in rows]
+            val = [100 * d for _, _, d in rows]
+            print(f"| {change} | {', '.join(str(s) for s, _, _ in rows)} | {', '.join(f'{d:+.2f}' for d in sel)} | "
+                  f"{np.mean(sel):+.2f} | {np.mean(val):+.2f} |")
+
+
+def paired_differences(results: dict[str, dict]) -> dict[str, list[tuple[int, float, float]]]:
+    """{change: [(seed, selection mAP - shipped's, val mAP - shipped's), ...]} over the seeds where both ran."""
+    out: dict[str, list[tuple[int, float, float]]] = {}
+    for name, result in results.items():
+        match = re.fullmatch(r"(.+)-s(\d+)", name)
+        if not match or match.group(1) == "ssgrl-shipped":
+            continue
+        shipped = results.get(f"ssgrl-shipped-s{match.group(2)}")
+        if shipped is None:
+            continue
+        out.setdefault(match.group(1), []).append((
+            int(match.group(2)), result["selection_map"] - shipped["selection_map"],
+            result["metrics"]["map"] - shipped["metrics"]["map"]))
+    return {change: sorted(rows) for change, rows in sorted(out.items())}
 
 
 if __name__ == "__main__":

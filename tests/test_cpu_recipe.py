@@ -104,3 +104,32 @@ def test_diagnose_script_refuses_an_unknown_variant_before_any_work(tmp_path):
     out = subprocess.run(["bash", str(ROOT / "scripts" / "diagnose_checkpoints.sh"), str(tmp_path), str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "VARIANTS": "gcam gcamm"})
     assert out.returncode == 2 and out.stderr.startswith("VARIANTS: no variant named gcamm (there are: baseline")
+
+
+def test_study_table_pairs_each_change_with_the_shipped_run_of_its_seed():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("study_table", ROOT / "scripts" / "study_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+
+    def result(selection, val):
+        return {"selection_map": selection, "metrics": {"map": val}}
+
+    results = {"ssgrl-shipped-s0": result(0.80, 0.85), "ssgrl-shipped-s1": result(0.90, 0.86),
+               "ssgrl-dropout0-s0": result(0.81, 0.87), "ssgrl-dropout0-s1": result(0.88, 0.86),
+               "ssgrl-wd1e-3-s2": result(0.99, 0.99),  # no shipped run of seed 2: no pair
+               "ssgrl-steps0": result(0.5, 0.5)}  # not a seeded run
+    paired = table.paired_differences(results)
+    assert list(paired) == ["ssgrl-dropout0"]
+    assert [(s, round(d_sel, 6), round(d_val, 6)) for s, d_sel, d_val in paired["ssgrl-dropout0"]] == [
+        (0, 0.01, 0.02), (1, -0.02, 0.0)]
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RUNS": "shipped dropot0"}, "RUNS: no study run named dropot0"),
+    ({"PROFILE": "voc2012"}, "PROFILE: voc2012 is not a study profile (voc2007-cpu or voc2007-cpu-v2)")])
+def test_study_script_refuses_unknown_names_before_any_run(tmp_path, env, message):
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "study_ssgrl.sh")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "OUT": str(tmp_path / "out"), **env})
+    assert out.returncode == 2 and out.stderr.startswith(message) and not (tmp_path / "out").exists()
