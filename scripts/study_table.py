@@ -3,8 +3,11 @@ selection mAP (what decides), the epoch it peaked at, the named classes' AP on t
 and val mAP (reported, never used to choose). Runs named ``<change>-s<seed>`` (SEEDS) are also
 compared with ``ssgrl-shipped-s<seed>``, the shipped settings on the same seed and so the same
 selection split: a second table gives each change's mean paired difference over its seeds.
+``--shipped-group runs/<group>``: take the shipped settings of each seed from that recipe group's own
+SSGRL runs instead (the "stage1" record of ``<group>/ssgrl`` and ``<group>/seed<S>/ssgrl``: the same
+configuration, seed and selection split, so a study need not train them again).
 
-Usage: python scripts/study_table.py RUNS_DIR [CLASS ...]
+Usage: python scripts/study_table.py RUNS_DIR [CLASS ...] [--shipped-group runs/<group>]
 """
 from __future__ import annotations
 
@@ -21,7 +24,12 @@ from train.constants import SELECTION_SCORES
 
 
 def main() -> None:
-    root, names = Path(sys.argv[1]), sys.argv[2:]
+    args = sys.argv[1:]
+    shipped_group = None
+    if "--shipped-group" in args:
+        k = args.index("--shipped-group")
+        shipped_group, args = Path(args[k + 1]), args[:k] + args[k + 2:]
+    root, names = Path(args[0]), args[1:]
     head = ["run", "selection mAP", "peak epoch / trained", *(f"{c} AP (selection, n)" for c in names), "val mAP"]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     runs = sorted(p for p in root.iterdir() if (p / "eval.json").is_file())
@@ -39,7 +47,7 @@ def main() -> None:
         epochs = len(json.loads((run / "metrics.json").read_text())) if (run / "metrics.json").is_file() else "?"
         print(f"| {run.name} | {100 * result['selection_map']:.2f} | {result['selected_epoch']} / {epochs} | "
               + " | ".join(cells) + f" | {100 * metrics['map']:.2f} |")
-    paired = paired_differences(results)
+    paired = paired_differences(results, shipped_stage1(shipped_group) if shipped_group else None)
     if paired:
         print("\n| change | seeds | selection mAP - shipped (per seed) | mean | val mAP - shipped (mean) |\n|---|---|---|---|---|")
         for change, rows in paired.items():
@@ -49,14 +57,27 @@ def main() -> None:
                   f"{np.mean(sel):+.2f} | {np.mean(val):+.2f} |")
 
 
-def paired_differences(results: dict[str, dict]) -> dict[str, list[tuple[int, float, float]]]:
-    """{change: [(seed, selection mAP - shipped's, val mAP - shipped's), ...]} over the seeds where both ran."""
+def shipped_stage1(group: Path) -> dict[int, dict]:
+    """{seed: the "stage1" record of the group's SSGRL run of that seed} (the runs that have one)."""
+    found = {}
+    for run in [group / "ssgrl", *sorted(group.glob("seed*/ssgrl"))]:
+        if (run / "eval.json").is_file():
+            result = json.loads((run / "eval.json").read_text())
+            if result.get("stage1") and result.get("seed") is not None:
+                found[int(result["seed"])] = result["stage1"]
+    return found
+
+
+def paired_differences(results: dict[str, dict], shipped_by_seed: dict[int, dict] | None = None
+                       ) -> dict[str, list[tuple[int, float, float]]]:
+    """{change: [(seed, selection mAP - shipped's, val mAP - shipped's), ...]} over the seeds where both ran.
+    The shipped run of a seed is the study's ``ssgrl-shipped-s<seed>``, or ``shipped_by_seed[seed]``."""
     out: dict[str, list[tuple[int, float, float]]] = {}
     for name, result in results.items():
         match = re.fullmatch(r"(.+)-s(\d+)", name)
         if not match or match.group(1) == "ssgrl-shipped":
             continue
-        shipped = results.get(f"ssgrl-shipped-s{match.group(2)}")
+        shipped = (shipped_by_seed or {}).get(int(match.group(2))) or results.get(f"ssgrl-shipped-s{match.group(2)}")
         if shipped is None:
             continue
         out.setdefault(match.group(1), []).append((

@@ -124,6 +124,8 @@ def test_study_table_pairs_each_change_with_the_shipped_run_of_its_seed():
     assert list(paired) == ["ssgrl-dropout0"]
     assert [(s, round(d_sel, 6), round(d_val, 6)) for s, d_sel, d_val in paired["ssgrl-dropout0"]] == [
         (0, 0.01, 0.02), (1, -0.02, 0.0)]
+    recipe = {2: result(0.90, 0.90)}  # the recipe's own run of seed 2 (its stage-1 record) as the shipped one
+    assert [(s, round(d, 6)) for s, d, _ in table.paired_differences(results, recipe)["ssgrl-wd1e-3"]] == [(2, 0.09)]
 
 
 @pytest.mark.parametrize("env, message", [
