@@ -29,7 +29,7 @@ run() {  # name variant [flags...]
 }
 # The shipped settings (lr 1e-3, d 256, dropout 0.5; 15 stage-1 epochs at voc2007-cpu, 6 at v2) and the
 # baseline with them are the stage 1 of the shipped checkpoints ("stage1" in eval.json). RUNS picks which
-# changes to try (Lite0 at 224 on 2 busy cores: ~15 min each; Lite2 at 448 on 1 idle core: ~10 min).
+# changes to try (Lite0 at 224 on 2 busy cores: ~15 min each; Lite2 at 448 px on 1 thread beside another job: ~12 min).
 # Seed-major: every change of a seed before the next seed, so a cut-short study still has whole pairs.
 KNOWN=" wd1e-3 lr1e-4 shipped dropout0 steps0 hidden1024 onehot baseline-avg baseline "
 for name in ${RUNS:-wd1e-3 lr1e-4}; do  # refused before any run
