@@ -31,29 +31,32 @@ run() {  # name variant [flags...]
 # baseline with them are the stage 1 of the shipped checkpoints ("stage1" in eval.json). RUNS picks which
 # changes to try (Lite0 at 224 on 2 busy cores: ~15 min each; Lite2 at 448 px on 1 thread beside another job: ~12 min).
 # Seed-major: every change of a seed before the next seed, so a cut-short study still has whole pairs.
-KNOWN=" wd1e-3 lr1e-4 shipped dropout0 steps0 hidden1024 onehot baseline-avg baseline "
+# Each change: its run's folder name, the variant, then its flags (one table: the list RUNS is checked
+# against and what runs).
+declare -A CHANGES=(
+  [wd1e-3]="ssgrl-wd1e-3 ssgrl --weight-decay 1e-3"
+  [lr1e-4]="ssgrl-lr1e-4 ssgrl --stage1-lr 1e-4 --stage1-min-lr 1e-5"
+  [shipped]="ssgrl-shipped ssgrl"
+  [dropout0]="ssgrl-dropout0 ssgrl --model-param dropout=0.0"  # no dropout on the class features
+  [steps0]="ssgrl-steps0 ssgrl --model-param steps=0"  # no semantic interaction: h^c = Pi f^c
+  [hidden1024]="ssgrl-hidden1024 ssgrl --model-param hidden_dim=1024"  # the paper's attention width d
+  # one-hot label embeddings: no two classes' attention queries alike (GloVe 50-d puts cow and sheep at
+  # cosine 0.81, and their decoupled features at 0.87-0.97: the two classes SSGRL loses most on)
+  [onehot]="ssgrl-onehot ssgrl --embeddings onehot"
+  # the baseline with average pooling: SSGRL's decoupled features are close to the global average
+  # (cosine 0.89 on val), so it is the baseline SSGRL reduces to when its attention does not decouple
+  [baseline-avg]="baseline-avg baseline --pooling avg"
+  [baseline]="baseline baseline"
+)
 for name in ${RUNS:-wd1e-3 lr1e-4}; do  # refused before any run
-  [[ $KNOWN == *" $name "* ]] || { echo "RUNS: no study run named $name (there are:$KNOWN)" >&2; exit 2; }
+  [[ -v "CHANGES[$name]" ]] || { echo "RUNS: no study run named $name (there are: ${!CHANGES[*]})" >&2; exit 2; }
 done
 read -ra SEED_LIST <<< "${SEEDS:-}"
 [[ ${#SEED_LIST[@]} -gt 0 ]] || SEED_LIST=("")
 for SEED in "${SEED_LIST[@]}"; do
   for name in ${RUNS:-wd1e-3 lr1e-4}; do
-    case $name in
-      wd1e-3) run ssgrl-wd1e-3 ssgrl --weight-decay 1e-3 ;;
-      lr1e-4) run ssgrl-lr1e-4 ssgrl --stage1-lr 1e-4 --stage1-min-lr 1e-5 ;;
-      shipped) run ssgrl-shipped ssgrl ;;
-      dropout0) run ssgrl-dropout0 ssgrl --model-param dropout=0.0 ;;  # no dropout on the class features
-      steps0) run ssgrl-steps0 ssgrl --model-param steps=0 ;;  # no semantic interaction: h^c = Pi f^c
-      hidden1024) run ssgrl-hidden1024 ssgrl --model-param hidden_dim=1024 ;;  # the paper's attention width d
-      # one-hot label embeddings: no two classes' attention queries alike (GloVe 50-d puts cow and sheep at
-      # cosine 0.81, and their decoupled features at 0.87-0.97: the two classes SSGRL loses most on)
-      onehot) run ssgrl-onehot ssgrl --embeddings onehot ;;
-      # the baseline with average pooling: SSGRL's decoupled features are close to the global average
-      # (cosine 0.89 on val), so it is the baseline SSGRL reduces to when its attention does not decouple
-      baseline-avg) run baseline-avg baseline --pooling avg ;;
-      baseline) run baseline baseline ;;
-    esac
+    read -ra change <<< "${CHANGES[$name]}"
+    run "${change[@]}"
   done
 done
 SHIPPED=()  # at the shipped profile, the recipe's own SSGRL runs give each seed's shipped stage 1
