@@ -1,8 +1,8 @@
-"""A Markdown table of a study's runs (one folder each, as scripts/study_ssgrl.sh lays them out):
+"""A Markdown table of a study's runs (one folder each, as scripts/study.sh lays them out):
 selection mAP (what decides), the epoch it peaked at, the named classes' AP on the selection split,
-and val mAP (reported, never used to choose). Runs named ``<change>-s<seed>`` (SEEDS) are also
-compared with ``ssgrl-shipped-s<seed>``, the shipped settings on the same seed and so the same
-selection split: a second table gives each change's mean paired difference over its seeds.
+and val mAP (reported, never used to choose). Runs named ``<variant>-<change>-s<seed>`` (SEEDS) are
+also compared with ``<variant>-shipped-s<seed>``, the variant's shipped settings on the same seed and
+so the same selection split: a second table gives each change's mean paired difference over its seeds.
 ``--shipped-group runs/<group>``: take the shipped settings of each seed from that recipe group's own
 SSGRL runs instead (the "stage1" record of ``<group>/ssgrl`` and ``<group>/seed<S>/ssgrl``: the same
 configuration, seed and selection split, so a study need not train them again).
@@ -71,17 +71,20 @@ def shipped_stage1(group: Path) -> dict[int, dict]:
 def paired_differences(results: dict[str, dict], shipped_by_seed: dict[int, dict] | None = None
                        ) -> dict[str, list[tuple[int, float, float]]]:
     """{change: [(seed, selection mAP - shipped's, val mAP - shipped's), ...]} over the seeds where both ran.
-    The shipped run of a seed is the study's ``ssgrl-shipped-s<seed>``, or ``shipped_by_seed[seed]``."""
+    The shipped run of a seed is the study's ``<variant>-shipped-s<seed>`` (the variant: the name up to
+    its first "-"), or for SSGRL ``shipped_by_seed[seed]`` (the recipe's own SSGRL runs)."""
     out: dict[str, list[tuple[int, float, float]]] = {}
     for name, result in results.items():
         match = re.fullmatch(r"(.+)-s(\d+)", name)
-        if not match or match.group(1) == "ssgrl-shipped":
+        if not match or match.group(1).endswith("-shipped"):
             continue
-        shipped = (shipped_by_seed or {}).get(int(match.group(2))) or results.get(f"ssgrl-shipped-s{match.group(2)}")
+        variant, seed = match.group(1).split("-")[0], int(match.group(2))
+        shipped = ((shipped_by_seed or {}).get(seed) if variant == "ssgrl" else None) or results.get(
+            f"{variant}-shipped-s{seed}")
         if shipped is None:
             continue
         out.setdefault(match.group(1), []).append((
-            int(match.group(2)), result["selection_map"] - shipped["selection_map"],
+            seed, result["selection_map"] - shipped["selection_map"],
             result["metrics"]["map"] - shipped["metrics"]["map"]))
     return {change: sorted(rows) for change, rows in sorted(out.items())}
 

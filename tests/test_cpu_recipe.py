@@ -126,12 +126,18 @@ def test_study_table_pairs_each_change_with_the_shipped_run_of_its_seed():
         (0, 0.01, 0.02), (1, -0.02, 0.0)]
     recipe = {2: result(0.90, 0.90)}  # the recipe's own run of seed 2 (its stage-1 record) as the shipped one
     assert [(s, round(d, 6)) for s, d, _ in table.paired_differences(results, recipe)["ssgrl-wd1e-3"]] == [(2, 0.09)]
+    # another variant's change pairs with that variant's shipped run only, never SSGRL's or the recipe's
+    others = {**results, "ggnn-steps1-s0": result(0.83, 0.88), "ggnn-shipped-s0": result(0.82, 0.89),
+              "mlgcn-tau0.4-s2": result(0.70, 0.70)}
+    paired = table.paired_differences(others, recipe)
+    assert [(s, round(d_sel, 6), round(d_val, 6)) for s, d_sel, d_val in paired["ggnn-steps1"]] == [(0, 0.01, -0.01)]
+    assert "mlgcn-tau0.4" not in paired and "ggnn-shipped" not in paired
 
 
 @pytest.mark.parametrize("env, message", [
     ({"RUNS": "shipped dropot0"}, "RUNS: no study run named dropot0"),
     ({"PROFILE": "voc2012"}, "PROFILE: voc2012 is not a study profile (voc2007-cpu or voc2007-cpu-v2)")])
 def test_study_script_refuses_unknown_names_before_any_run(tmp_path, env, message):
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "study_ssgrl.sh")], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "study.sh")], cwd=ROOT, capture_output=True, text=True,
                          timeout=60, env={**os.environ, "OUT": str(tmp_path / "out"), **env})
     assert out.returncode == 2 and out.stderr.startswith(message) and not (tmp_path / "out").exists()
