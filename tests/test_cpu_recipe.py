@@ -141,3 +141,12 @@ def test_study_script_refuses_unknown_names_before_any_run(tmp_path, env, messag
     out = subprocess.run(["bash", str(ROOT / "scripts" / "study.sh")], cwd=ROOT, capture_output=True, text=True,
                          timeout=60, env={**os.environ, "OUT": str(tmp_path / "out"), **env})
     assert out.returncode == 2 and out.stderr.startswith(message) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"PAIRS": "lite2-224 lite3-448"}, "PAIRS: no setting named lite3-448"),
+    ({"WORKERS": "two"}, "WORKERS=two: must be a whole number")])
+def test_backbone_comparison_refuses_unknown_settings_before_any_run(tmp_path, env, message):
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "compare_backbones_cpu.sh")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "OUT": str(tmp_path / "out"), **env})
+    assert out.returncode == 2 and out.stderr.startswith(message) and not (tmp_path / "out").exists()
