@@ -35,8 +35,9 @@ run() {  # name variant [flags...]
   mkdir -p "$OUT/study" && rm -rf "${OUT:?}/study/$folder" && mv "$OUT/run-$folder/$variant" "$OUT/study/$folder"
   rm -rf "${OUT:?}/run-$folder"
 }
-# The shipped settings (lr 1e-3, d 256, dropout 0.5; 15 stage-1 epochs at voc2007-cpu, 6 at v2) and the
-# baseline with them are the stage 1 of the shipped checkpoints ("stage1" in eval.json). RUNS picks which
+# The shipped settings (the profile's configs; SSGRL: lr 1e-3, d 256, 15 stage-1 epochs and dropout 0.5 at
+# voc2007-cpu, 6 epochs and dropout 0 at v2, the latter chosen by this study with SELECTION=0.3, so at v2
+# "dropout0" now repeats "shipped") are the stage 1 of the shipped checkpoints ("stage1" in eval.json). RUNS picks which
 # changes to try (Lite0 at 224 on 2 busy cores: ~15 min each; Lite2 at 448 px on 1 thread beside another job: ~12 min).
 # Seed-major: every change of a seed before the next seed, so a cut-short study still has whole pairs.
 # Each change: its run's folder name, the variant, then its flags (one table: the list RUNS is checked
