@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 18, item 3: each method's own settings, one change at a time against its shipped ones (first
-# why SSGRL trails the baseline; then GGNN's steps, ML-GCN's tau). Stage 1 only (frozen backbone, cached
+# why SSGRL trails the baseline; then GGNN's steps, ML-GCN's tau, G-CAM's lambda). Stage 1 only (frozen backbone, cached
 # maps shared by every run). Decisions read the selection split (split.json) only: its mAP, the epoch
 # it peaks at, and the rare classes' AP (cow, sheep, the two SSGRL loses most on); val is reported,
 # never chosen on. Resumes: a finished run (eval.json) is skipped. Prints a table at the end.
@@ -64,6 +64,11 @@ declare -A CHANGES=(
   [mlgcn-shipped]="mlgcn-shipped mlgcn"
   [mlgcn-tau0.4]="mlgcn-tau0.4 mlgcn --model-param tau=0.4"
   [mlgcn-tau0.1]="mlgcn-tau0.1 mlgcn --model-param tau=0.1"
+  # G-CAM's consistency weight lambda on the frozen backbone (the configs: 0.01, chosen on Lite0 at 224 px
+  # over 0.05 and the paper's 0.4, which underfits when only the head trains)
+  [gcam-shipped]="gcam-shipped gcam"
+  [gcam-lambda0.05]="gcam-lambda0.05 gcam --model-param consistency_weight=0.05"
+  [gcam-lambda0.002]="gcam-lambda0.002 gcam --model-param consistency_weight=0.002"
 )
 for name in ${RUNS:-wd1e-3 lr1e-4}; do  # refused before any run
   [[ -v "CHANGES[$name]" ]] || { echo "RUNS: no study run named $name (there are: ${!CHANGES[*]})" >&2; exit 2; }
