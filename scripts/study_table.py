@@ -3,9 +3,9 @@ selection mAP (what decides), the epoch it peaked at, the named classes' AP on t
 and val mAP (reported, never used to choose). Runs named ``<variant>-<change>-s<seed>`` (SEEDS) are
 also compared with ``<variant>-shipped-s<seed>``, the variant's shipped settings on the same seed and
 so the same selection split: a second table gives each change's mean paired difference over its seeds.
-``--shipped-group runs/<group>``: take the shipped settings of each seed from that recipe group's own
-SSGRL runs instead (the "stage1" record of ``<group>/ssgrl`` and ``<group>/seed<S>/ssgrl``: the same
-configuration, seed and selection split, so a study need not train them again).
+``--shipped-group runs/<group>``: take the shipped settings of each variant and seed from that recipe
+group's own runs instead (the "stage1" record of ``<group>/<variant>`` and ``<group>/seed<S>/<variant>``:
+the same configuration, seed and selection split, so a study need not train them again).
 
 Usage: python scripts/study_table.py RUNS_DIR [CLASS ...] [--shipped-group runs/<group>]
 """
@@ -57,30 +57,29 @@ def main() -> None:
                   f"{np.mean(sel):+.2f} | {np.mean(val):+.2f} |")
 
 
-def shipped_stage1(group: Path) -> dict[int, dict]:
-    """{seed: the "stage1" record of the group's SSGRL run of that seed} (the runs that have one)."""
+def shipped_stage1(group: Path) -> dict[tuple[str, int], dict]:
+    """{(variant, seed): the "stage1" record of the group's run of that variant and seed} (the runs that
+    have one)."""
     found = {}
-    for run in [group / "ssgrl", *sorted(group.glob("seed*/ssgrl"))]:
-        if (run / "eval.json").is_file():
-            result = json.loads((run / "eval.json").read_text())
-            if result.get("stage1") and result.get("seed") is not None:
-                found[int(result["seed"])] = result["stage1"]
+    for path in [*sorted(group.glob("*/eval.json")), *sorted(group.glob("seed*/*/eval.json"))]:
+        result = json.loads(path.read_text())
+        if result.get("stage1") and result.get("seed") is not None:
+            found[(result["model_name"], int(result["seed"]))] = result["stage1"]
     return found
 
 
-def paired_differences(results: dict[str, dict], shipped_by_seed: dict[int, dict] | None = None
+def paired_differences(results: dict[str, dict], shipped_by_seed: dict[tuple[str, int], dict] | None = None
                        ) -> dict[str, list[tuple[int, float, float]]]:
     """{change: [(seed, selection mAP - shipped's, val mAP - shipped's), ...]} over the seeds where both ran.
     The shipped run of a seed is the study's ``<variant>-shipped-s<seed>`` (the variant: the name up to
-    its first "-"), or for SSGRL ``shipped_by_seed[seed]`` (the recipe's own SSGRL runs)."""
+    its first "-"), or ``shipped_by_seed[(variant, seed)]`` (the recipe's own runs)."""
     out: dict[str, list[tuple[int, float, float]]] = {}
     for name, result in results.items():
         match = re.fullmatch(r"(.+)-s(\d+)", name)
         if not match or match.group(1).endswith("-shipped"):
             continue
         variant, seed = match.group(1).split("-")[0], int(match.group(2))
-        shipped = ((shipped_by_seed or {}).get(seed) if variant == "ssgrl" else None) or results.get(
-            f"{variant}-shipped-s{seed}")
+        shipped = (shipped_by_seed or {}).get((variant, seed)) or results.get(f"{variant}-shipped-s{seed}")
         if shipped is None:
             continue
         out.setdefault(match.group(1), []).append((

@@ -124,7 +124,7 @@ def test_study_table_pairs_each_change_with_the_shipped_run_of_its_seed():
     assert list(paired) == ["ssgrl-dropout0"]
     assert [(s, round(d_sel, 6), round(d_val, 6)) for s, d_sel, d_val in paired["ssgrl-dropout0"]] == [
         (0, 0.01, 0.02), (1, -0.02, 0.0)]
-    recipe = {2: result(0.90, 0.90)}  # the recipe's own run of seed 2 (its stage-1 record) as the shipped one
+    recipe = {("ssgrl", 2): result(0.90, 0.90)}  # the recipe's SSGRL run of seed 2 (its stage-1 record) as the shipped one
     assert [(s, round(d, 6)) for s, d, _ in table.paired_differences(results, recipe)["ssgrl-wd1e-3"]] == [(2, 0.09)]
     # another variant's change pairs with that variant's shipped run only, never SSGRL's or the recipe's
     others = {**results, "ggnn-steps1-s0": result(0.83, 0.88), "ggnn-shipped-s0": result(0.82, 0.89),
