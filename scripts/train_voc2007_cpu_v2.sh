@@ -8,6 +8,9 @@
 # WORKERS (default: one per core) runs go at once, each on cores/WORKERS torch threads: on 2 cores two
 # 1-thread workers train more per hour than one 2-thread run (a Lite2@448 forward: 126 ms on 1 thread,
 # 98 ms on 2). Each run is claimed with flock on runs/<group>/.locks/, released when its process ends.
+# Memory: G-CAM's stage 1 holds three views of the cached maps (about 12 GB at Lite2@448), so two G-CAM
+# runs starting together exceed 24 GB (one was killed for it): on such a machine start the second worker
+# (`... worker`, OMP_NUM_THREADS=1) once the first is in stage 2 (about 5 GB), or use WORKERS=1.
 #   scripts/train_voc2007_cpu_v2.sh [run] [extra flags for python -m train fit]   train what is left, then the report
 #   scripts/train_voc2007_cpu_v2.sh status                                      which runs are done
 #   scripts/train_voc2007_cpu_v2.sh ship                                        copy the first seed into checkpoints/
