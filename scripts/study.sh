@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 18, item 3: each method's own settings, one change at a time against its shipped ones (first
-# why SSGRL trails the baseline; then GGNN's steps, ML-GCN's tau and p, G-CAM's lambda). Stage 1 only (frozen backbone, cached
-# maps shared by every run). Decisions read the selection split (split.json) only: its mAP, the epoch
+# why SSGRL trails the baseline; then GGNN's steps, ML-GCN's tau and p, G-CAM's lambda). Stage 1 only
+# (frozen backbone, cached maps shared by every run). Decisions read the selection split (split.json) only: its mAP, the epoch
 # it peaks at, and the rare classes' AP (cow, sheep, the two SSGRL loses most on); val is reported,
 # never chosen on. Resumes: a finished run (eval.json) is skipped. Prints a table at the end.
 #   RUNS="..." nice -n 19 scripts/study.sh > runs/study.log 2>&1 &
@@ -37,8 +37,9 @@ run() {  # name variant [flags...]
 }
 # The shipped settings (the profile's configs; SSGRL: lr 1e-3, d 256, 15 stage-1 epochs and dropout 0.5 at
 # voc2007-cpu, 6 epochs and dropout 0 at v2, the latter chosen by this study with SELECTION=0.3, so at v2
-# "dropout0" now repeats "shipped") are the stage 1 of the shipped checkpoints ("stage1" in eval.json). RUNS picks which
-# changes to try (Lite0 at 224 on 2 busy cores: ~15 min each; Lite2 at 448 px on 1 thread beside another job: ~12 min).
+# "dropout0" now repeats "shipped", as "gcam-lambda0.002" does) are the stage 1 of the shipped
+# checkpoints ("stage1" in eval.json). RUNS picks which changes to try (Lite0 at 224 on 2 busy cores:
+# ~15 min each; Lite2 at 448 px on 1 thread beside another job: SSGRL 7-10 min, the other heads 1-3 min).
 # Seed-major: every change of a seed before the next seed, so a cut-short study still has whole pairs.
 # Each change: its run's folder name, the variant, then its flags (one table: the list RUNS is checked
 # against and what runs).

@@ -21,6 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlc.metrics import average_precision
 from train.constants import SELECTION_SCORES
+from train.report import load_seed_runs
 
 
 def main() -> None:
@@ -59,13 +60,10 @@ def main() -> None:
 
 def shipped_stage1(group: Path) -> dict[tuple[str, int], dict]:
     """{(variant, seed): the "stage1" record of the group's run of that variant and seed} (the runs that
-    have one)."""
-    found = {}
-    for path in [*sorted(group.glob("*/eval.json")), *sorted(group.glob("seed*/*/eval.json"))]:
-        result = json.loads(path.read_text())
-        if result.get("stage1") and result.get("seed") is not None:
-            found[(result["model_name"], int(result["seed"]))] = result["stage1"]
-    return found
+    have one), from the group's runs as `train report` reads them."""
+    return {(run.variant, int(run.seed)): run.result["stage1"]
+            for runs in load_seed_runs(group).values() for run in runs
+            if run.result.get("stage1") and run.seed is not None}
 
 
 def paired_differences(results: dict[str, dict], shipped_by_seed: dict[tuple[str, int], dict] | None = None
