@@ -501,7 +501,8 @@ def prepare_upload(
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         shutil.copy2(model_folder / name, out_dir / name)
     if eval_result is not None:
-        (out_dir / EVAL_NAME).write_text(json.dumps(eval_result, indent=2))
+        # indent 1, as the trainer writes a run's eval.json: shipping an unchanged run changes no bytes
+        (out_dir / EVAL_NAME).write_text(json.dumps(eval_result, indent=1))
     if train_config is not None:
         (out_dir / TRAIN_CONFIG_NAME).write_text(yaml.safe_dump(_plain(train_config), sort_keys=False))
     (out_dir / CARD_NAME).write_text(model_card(model_config, eval_result, train_config, split_info, repo_id))
